@@ -1,0 +1,52 @@
+# pgvision: `make demo` runs the seed workflow on a throwaway server, `make test` the suite.
+# Both set up everything first; every step is idempotent and quick when nothing changed.
+
+PG_MAJOR   ?= 15
+PG_CONFIG  ?= /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
+VERSION    := $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" extension/pgvision.control)
+# The runtime folder PL/Python loads: versioned, outside /root, readable by postgres.
+RUNTIME_PATH ?= /usr/local/lib/pgvision/$(VERSION)
+DEV_VENV   ?= build/venv
+MODEL_DIR  := build/model
+PYTEST_ARGS ?=
+
+.PHONY: all deps runtime extension model install dev test demo clean
+
+all: install
+
+# apt packages, pgvector, and the runtime folder's virtual environment
+deps:
+	PG_MAJOR=$(PG_MAJOR) bash scripts/deps.sh
+	install -d -m 755 $(RUNTIME_PATH) $(RUNTIME_PATH)/models
+	bash scripts/venv.sh $(RUNTIME_PATH)/venv -r python_udf/requirements.txt
+
+# the runtime package with its pinned dependencies
+runtime: deps
+	bash scripts/venv.sh $(RUNTIME_PATH)/venv --no-deps ./python_udf
+	chmod -R a+rX $(RUNTIME_PATH)
+
+extension: deps
+	$(MAKE) -s -C extension PG_CONFIG=$(PG_CONFIG) RUNTIME_PATH=$(RUNTIME_PATH) install
+
+dev: deps
+	bash scripts/venv.sh $(DEV_VENV) -r requirements-dev.txt
+	bash scripts/venv.sh $(DEV_VENV) --no-deps -e ./python_udf
+
+# the default model, built from the published weights with numpy + onnx
+model: dev
+	$(DEV_VENV)/bin/python models/build.py --out $(MODEL_DIR)
+	install -m 644 $(MODEL_DIR)/efficientnet_lite0.onnx $(MODEL_DIR)/efficientnet_lite0.json $(RUNTIME_PATH)/models/
+	install -m 644 $(MODEL_DIR)/imagenet_classes.txt $(RUNTIME_PATH)/models/efficientnet_lite0.labels.txt
+
+install: deps runtime extension model
+
+test: install dev
+	PGVISION_MODEL_DIR=$(MODEL_DIR) PG_CONFIG=$(PG_CONFIG) \
+	  $(DEV_VENV)/bin/python -m pytest tests --basetemp=/tmp/pgvision-pytest $(PYTEST_ARGS)
+
+demo: install dev
+	PG_CONFIG=$(PG_CONFIG) bash scripts/demo.sh
+
+clean:
+	$(MAKE) -s -C extension clean
+	rm -rf build

@@ -1,0 +1,185 @@
+"""Models: validating ONNX bytes before they enter the registry, and running them.
+
+A loaded model is cached per backend, keyed by the sha256 of its ONNX bytes (and the
+thread count it was opened with), so a model is read from the registry table and turned
+into an onnxruntime session once per connection.
+"""
+
+import hashlib
+
+import numpy as np
+
+from . import images, preprocess, spec as specs
+from .errors import (EXTERNAL_ROUTINE_EXCEPTION, INSUFFICIENT_PRIVILEGE, LimitError, ModelError,
+                     PgvisionError)
+
+# Operator domains a registered model may use: the standard ones onnxruntime implements.
+# Anything else means a custom operator library, which would be native code we never vetted.
+ALLOWED_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
+DEFAULT_MAX_MODEL_BYTES = 1024 * 1024 * 1024
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def inspect(onnx_bytes, spec, labels=None, max_bytes=DEFAULT_MAX_MODEL_BYTES):
+    """Validate a model for registration. Returns (normalized spec, feature dim, n_logits)."""
+    import onnx
+    from onnx import external_data_helper
+
+    if not onnx_bytes:
+        raise ModelError("model is empty", hint="pass the bytes of an .onnx file")
+    if max_bytes and len(onnx_bytes) > max_bytes:
+        raise LimitError(f"model is larger than pgvision.max_model_bytes ({max_bytes}): "
+                         f"{len(onnx_bytes)} bytes")
+    spec = specs.validate(spec)
+    try:
+        proto = onnx.load_model_from_string(bytes(onnx_bytes))  # never reads external files
+    except Exception as e:  # protobuf raises its own DecodeError and friends
+        raise ModelError(f"model is not a valid ONNX file: {e}") from None
+
+    graph = proto.graph
+    tensors = list(graph.initializer) + [
+        a.t for n in graph.node for a in n.attribute if a.HasField("t")]
+    for t in tensors:
+        if external_data_helper.uses_external_data(t):
+            raise ModelError(f'model tensor "{t.name}" references external data',
+                             sqlstate=INSUFFICIENT_PRIVILEGE,
+                             hint="embed all weights in the file (onnx.save with save_as_external_data=False)")
+    domains = {op.domain for op in proto.opset_import}
+    domains |= {n.domain for n in graph.node}
+    for f in proto.functions:
+        domains |= {n.domain for n in f.node}
+    custom = sorted(d for d in domains if d not in ALLOWED_DOMAINS)
+    # model-local functions are fine: they are graphs of standard operators
+    custom = [d for d in custom if d not in {f.domain for f in proto.functions}]
+    if custom:
+        raise ModelError(f'model uses operators from custom domain "{custom[0]}"',
+                         sqlstate=INSUFFICIENT_PRIVILEGE,
+                         hint="only standard ONNX operators can be registered")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        raise ModelError(f"model does not pass the ONNX checker: {str(e).splitlines()[0]}") from None
+
+    initialized = {init.name for init in graph.initializer}
+    inputs = [i.name for i in graph.input if i.name not in initialized]
+    if spec["input"] not in inputs:
+        raise ModelError(f'spec names input "{spec["input"]}", but the model\'s inputs are '
+                         f'{_names(inputs)}')
+    outputs = [o.name for o in graph.output]
+    for key, name in spec["outputs"].items():
+        if name not in outputs:
+            raise ModelError(f'spec names {key} output "{name}", but the model\'s outputs are '
+                             f'{_names(outputs)}')
+
+    # Run a real batch: proves the graph loads, and gives the true output sizes.
+    model = Model(onnx_bytes, spec, threads=1)
+    probe = np.zeros((2,) + model.input_shape, dtype=np.float32)
+    try:
+        result = model.session.run(list(spec["outputs"].values()), {spec["input"]: probe})
+    except Exception as e:
+        raise ModelError(f"model does not run on a batch of 2 inputs of shape "
+                         f"{list(model.input_shape)}: {_first_line(e)}",
+                         hint="the first input dimension must be the batch") from None
+    sizes = {}
+    for key, arr in zip(spec["outputs"], result):
+        if arr.ndim != 2 or arr.shape[0] != 2:
+            raise ModelError(f"{key} output must have shape [batch, n], not {list(arr.shape)}")
+        sizes[key] = int(arr.shape[1])
+    dim = sizes["feature"]
+    if dim > 16000:
+        raise ModelError(f"feature output has {dim} dimensions, more than pgvector's 16000")
+    n_logits = sizes.get("logits")
+    if labels is not None:
+        if n_logits is None:
+            raise ModelError("labels given, but the spec names no logits output")
+        if len(labels) != n_logits:
+            raise ModelError(f"expected {n_logits} labels, not {len(labels)}")
+    return spec, dim, n_logits
+
+
+def _names(names):
+    return ", ".join(f'"{n}"' for n in names) or "none"
+
+
+def _first_line(e):
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+class Model:
+    """An onnxruntime session with the spec that feeds it."""
+
+    def __init__(self, onnx_bytes, spec, threads=0):
+        import onnxruntime as ort
+
+        self.spec = spec
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(bytes(onnx_bytes), sess_options=opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ModelError(f"onnxruntime cannot load the model: {_first_line(e)}") from None
+        height, width = spec["size"]
+        self.input_shape = (3, height, width) if spec["layout"] == "NCHW" else (height, width, 3)
+
+    def run(self, batch, outputs=("feature",)):
+        """Run a prepared batch; returns one float32 array per requested output."""
+        names = [self.spec["outputs"][o] for o in outputs]
+        try:
+            result = self.session.run(names, {self.spec["input"]: batch})
+        except Exception as e:
+            raise PgvisionError(f"inference failed: {_first_line(e)}",
+                                EXTERNAL_ROUTINE_EXCEPTION) from None
+        return [np.asarray(r, dtype=np.float32) for r in result]
+
+    def prepare(self, data, limits):
+        img = images.decode(data, self.spec["background"], **limits)
+        return preprocess.prepare(img, self.spec)
+
+    def embed(self, data, limits, output="feature"):
+        batch = self.prepare(data, limits)[None]
+        return self.run(batch, (output,))[0][0]
+
+    def embed_many(self, items, limits, output="feature", batch_size=32):
+        """Embed a list of byte strings; None items stay None. Errors name the item."""
+        results = [None] * len(items)
+        todo = [(i, d) for i, d in enumerate(items) if d is not None]
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            arrays = []
+            for i, data in chunk:
+                try:
+                    arrays.append(self.prepare(data, limits))
+                except PgvisionError as e:
+                    e.message = f"image {i + 1}: {e.message}"
+                    raise
+            out = self.run(np.stack(arrays), (output,))[0]
+            for (i, _), row in zip(chunk, out):
+                results[i] = row
+        return results
+
+
+class Cache:
+    """Loaded models of one backend, keyed by (sha256, threads)."""
+
+    def __init__(self):
+        self.models = {}
+
+    def get(self, sha, threads, load):
+        """``load()`` returns (onnx_bytes, spec); called only on a miss."""
+        key = (sha, threads)
+        model = self.models.get(key)
+        if model is None:
+            onnx_bytes, spec = load()
+            # a different thread count for the same model replaces the old session
+            for old in [k for k in self.models if k[0] == sha]:
+                del self.models[old]
+            model = self.models[key] = Model(onnx_bytes, spec, threads)
+        return model
