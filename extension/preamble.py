@@ -2,22 +2,23 @@
 import sys
 if "pgvision_runtime.sqlapi" not in sys.modules:
     import glob, os, site
-    _rows = plpy.execute("SELECT setting, source FROM pg_catalog.pg_settings "
-                         "WHERE name = 'pgvision.runtime_path'")
-    if _rows and _rows[0]["source"] not in ("default", "configuration file", "command line",
-                                             "environment variable", "override"):
-        # The runtime folder decides which code the server runs: only the server
-        # configuration (postgresql.conf, ALTER SYSTEM) may change it.
-        plpy.error("pgvision.runtime_path can only be set in the server configuration",
-                   hint="use ALTER SYSTEM SET pgvision.runtime_path or postgresql.conf, then reload",
-                   sqlstate="42501")
-    _root = _rows[0]["setting"] if _rows and _rows[0]["setting"] else "@RUNTIME_PATH@"
+    _root = plpy.execute("SELECT pg_catalog.current_setting('pgvision.runtime_path', true) AS p")[0]["p"]
+    _root = _root or "@RUNTIME_PATH@"
     _site = glob.glob(os.path.join(_root, "venv", "lib", "python%d.%d" % sys.version_info[:2],
                                    "site-packages"))
     if not _site:
         plpy.error('pgvision runtime not found in "%s"' % _root,
                    hint="run make install, or set pgvision.runtime_path in postgresql.conf",
                    sqlstate="58P01")
+    # Any role can SET a custom GUC, and this folder decides which code the server runs:
+    # load only from folders that the root or the server's own user owns and nobody else
+    # can write, as ssh and sudo do with their files.
+    for _p in (_root, _site[0], os.path.join(_site[0], "pgvision_runtime")):
+        _st = os.stat(_p)
+        if _st.st_uid not in (0, os.geteuid()) or _st.st_mode & 0o022:
+            plpy.error('pgvision runtime folder "%s" is not owned by root or is writable by others' % _p,
+                       hint="install the runtime with make install, or fix the folder's owner and mode",
+                       sqlstate="42501")
     # Keep the user's and the system's site-packages from shadowing the pinned runtime.
     sys.path[:] = [p for p in sys.path if "-packages" not in p]
     _before = list(sys.path)

@@ -205,6 +205,10 @@ def _materialize(ref: _TensorRef, data: Dict[str, np.ndarray]) -> np.ndarray:
         numel *= s
     if numel == 0:
         return np.zeros(ref.size, dtype=buf.dtype.newbyteorder("="))
+    if numel > limit:
+        # also keeps a hostile size/stride-0 combination from allocating without bound
+        raise CheckpointFormatError(
+            f"tensor of size {ref.size} has more elements than its storage ({limit})")
     last = offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
     if offset >= limit or last >= limit:
         raise CheckpointFormatError(

@@ -353,6 +353,10 @@ def test_reader_rejects_out_of_bounds_and_truncation():
     bad = _legacy_file([("w", _op_tensor("FloatStorage", "a", 4, 2, (3,), (1,)))], [("a", f32)])
     with pytest.raises(torch_legacy.CheckpointFormatError, match="runs past"):
         torch_legacy.load_state_dict(bad)
+    huge = _legacy_file([("w", _op_tensor("FloatStorage", "a", 4, 0, (10**9, 10**9), (0, 0)))],
+                        [("a", f32)])
+    with pytest.raises(torch_legacy.CheckpointFormatError, match="more elements"):
+        torch_legacy.load_state_dict(huge)
     good = _legacy_file([("w", _op_tensor("FloatStorage", "a", 4, 0, (4,), (1,)))], [("a", f32)])
     assert torch_legacy.load_state_dict(good)["w"].shape == (4,)
     with pytest.raises(torch_legacy.CheckpointFormatError, match="truncated"):

@@ -13,7 +13,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, LimitError
 
-FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+# No "MPO": Pillow registers no opener under that name (the JPEG opener returns MPO files),
+# and naming it makes Image.open raise KeyError for every non-JPEG input.
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024

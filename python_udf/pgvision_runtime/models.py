@@ -40,9 +40,7 @@ def inspect(onnx_bytes, spec, labels=None, max_bytes=DEFAULT_MAX_MODEL_BYTES):
         raise ModelError(f"model is not a valid ONNX file: {e}") from None
 
     graph = proto.graph
-    tensors = list(graph.initializer) + [
-        a.t for n in graph.node for a in n.attribute if a.HasField("t")]
-    for t in tensors:
+    for t in _all_tensors(proto):
         if external_data_helper.uses_external_data(t):
             raise ModelError(f'model tensor "{t.name}" references external data',
                              sqlstate=INSUFFICIENT_PRIVILEGE,
@@ -98,6 +96,42 @@ def inspect(onnx_bytes, spec, labels=None, max_bytes=DEFAULT_MAX_MODEL_BYTES):
         if len(labels) != n_logits:
             raise ModelError(f"expected {n_logits} labels, not {len(labels)}")
     return spec, dim, n_logits
+
+
+def _all_tensors(proto):
+    """Every tensor of a model: initializers and attributes, in subgraphs and functions too.
+
+    A tensor with external data anywhere (say a Constant inside an If branch) makes
+    onnxruntime read that file relative to the backend's working directory.
+    """
+    def from_sparse(sparse):
+        yield sparse.values
+        yield sparse.indices
+
+    def from_nodes(nodes):
+        for node in nodes:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+                if a.HasField("sparse_tensor"):
+                    yield from from_sparse(a.sparse_tensor)
+                for sparse in a.sparse_tensors:
+                    yield from from_sparse(sparse)
+                if a.HasField("g"):
+                    yield from from_graph(a.g)
+                for g in a.graphs:
+                    yield from from_graph(g)
+
+    def from_graph(g):
+        yield from g.initializer
+        for sparse in g.sparse_initializer:
+            yield from from_sparse(sparse)
+        yield from from_nodes(g.node)
+
+    yield from from_graph(proto.graph)
+    for f in proto.functions:
+        yield from from_nodes(f.node)
 
 
 def _names(names):

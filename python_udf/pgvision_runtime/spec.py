@@ -26,10 +26,18 @@ def _fail(what, hint=None):
                      "see the spec of the default model: SELECT spec FROM pgvision.models")
 
 
+def _finite(v):
+    """A JSON number that fits a float: huge integers overflow, they are not infinite."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def _numbers(spec, key, n, default):
     value = spec.get(key, default)
     if not isinstance(value, (list, tuple)) or len(value) != n or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v)
             for v in value):
         _fail(f'"{key}" must be an array of {n} numbers')
     return [float(v) for v in value]
@@ -63,7 +71,8 @@ def validate(spec):
         out[key] = value
 
     scale = spec.get("scale", 255.0)
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
+    if (not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0
+            or not _finite(scale)):
         _fail('"scale" must be a positive number')
     out["scale"] = float(scale)
     out["mean"] = _numbers(spec, "mean", 3, [0.0, 0.0, 0.0])

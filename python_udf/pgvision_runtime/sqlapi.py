@@ -24,6 +24,28 @@ SETTINGS = {
 }
 
 
+_sql_error_class = None
+
+
+def _sql_error(plpy, e):
+    """A plpy.Error that PL/Python reports as "pgvision: <message>" with e's SQLSTATE.
+
+    PL/Python prefixes the message with the exception's type name ("plpy.Error: ..."), and
+    reads sqlstate, detail and hint from the exception's attributes; a subclass named
+    after us in builtins makes the prefix say where the error comes from.
+    """
+    global _sql_error_class
+    if _sql_error_class is None:
+        _sql_error_class = type("pgvision", (plpy.Error,), {"__module__": "builtins"})
+    err = _sql_error_class(e.message)
+    err.sqlstate = e.sqlstate
+    if e.detail is not None:
+        err.detail = e.detail
+    if e.hint is not None:
+        err.hint = e.hint
+    return err
+
+
 def sql_errors(fn):
     """Report PgvisionError as a PostgreSQL error carrying its SQLSTATE."""
     @functools.wraps(fn)
@@ -31,8 +53,7 @@ def sql_errors(fn):
         try:
             return fn(plpy, *args, **kwargs)
         except PgvisionError as e:
-            extra = {k: v for k, v in (("detail", e.detail), ("hint", e.hint)) if v is not None}
-            plpy.error(e.message, sqlstate=e.sqlstate, **extra)
+            raise _sql_error(plpy, e) from None
     return wrapper
 
 

@@ -1,0 +1,82 @@
+"""Bad input: a clear error with a SQLSTATE, and the session goes on working."""
+
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+
+import psycopg
+import pytest
+
+from conftest import APP_ROLE, dsn
+from data import photo
+
+DOG = photo("dog")
+
+# (case, SET statements before the call, SQL, parameters, SQLSTATE, words in the message)
+CASES = [
+    ("empty bytes", [], "SELECT pgvision.embed(''::bytea)", [], "22P03", "image is empty"),
+    ("random bytes", [], "SELECT pgvision.embed(%s)", [os.urandom(4096)], "22P03", "not recognized"),
+    ("truncated jpeg", [], "SELECT pgvision.embed(%s)", [DOG[: len(DOG) // 2]], "22P03", "could not decode"),
+    ("text", [], "SELECT pgvision.embed(convert_to('hello, world', 'UTF8'))", [], "22P03", "not recognized"),
+    ("over pixel limit", ["SET pgvision.max_pixels = 10000"], "SELECT pgvision.embed(%s)", [DOG],
+     "54000", "larger than pgvision.max_pixels (10000)"),
+    ("over byte limit", ["SET pgvision.max_image_bytes = 1000"], "SELECT pgvision.embed(%s)", [DOG],
+     "54000", "larger than pgvision.max_image_bytes (1000)"),
+    ("bad setting", ["SET pgvision.max_pixels = 'lots'"], "SELECT pgvision.embed(%s)", [DOG],
+     "22023", "invalid value for pgvision.max_pixels"),
+    ("unknown model", [], "SELECT pgvision.embed(%s, 'no_such_model')", [DOG], "42704",
+     'model "no_such_model" does not exist'),
+    ("dimension does not fit the column", [],
+     "SELECT pgvision.embed(%s)::vector(512)", [DOG], "22000", "expected 512 dimensions, not 1280"),
+    ("bad item in a batch", [], "SELECT pgvision.embed_batch(ARRAY[%s, 'junk'::bytea])", [DOG],
+     "22P03", "image 2"),
+    ("classify k = 0", [], "SELECT * FROM pgvision.classify(%s, 0)", [DOG], "22023", "k must be at least 1"),
+    ("unknown pipeline", [], "SELECT pgvision.pipeline_run('nope', %s)", [DOG], "42704",
+     'pipeline "nope" does not exist'),
+]
+
+
+@pytest.mark.parametrize("case,sets,sql,params,sqlstate,words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(conn, case, sets, sql, params, sqlstate, words):
+    for statement in sets:
+        conn.execute(statement)
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute(sql, params)
+    error = info.value
+    assert error.sqlstate == sqlstate, (error.sqlstate, str(error))
+    message = error.diag.message_primary
+    assert words in message
+    assert not message.endswith("."), message
+    assert "Traceback" not in message and "plpy" not in message
+    # the session still works
+    for statement in sets:
+        conn.execute("RESET " + statement.split()[1])
+    assert conn.execute("SELECT vector_dims(pgvision.embed(%s))", [DOG]).fetchone()[0] == 1280
+
+
+def test_errors_carry_hints(conn):
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute("SELECT pgvision.embed(%s, 'no_such_model')", [DOG])
+    assert "pgvision.models" in info.value.diag.message_hint
+
+
+def test_runtime_path_must_be_a_trusted_folder(server):
+    # Any role can SET a custom GUC, and the runtime folder decides what code the server
+    # runs: a fresh backend told to load from a world-writable folder refuses.
+    root = pathlib.Path(tempfile.mkdtemp(prefix="pgvision-untrusted-", dir="/tmp"))
+    try:
+        package = root / "venv" / "lib" / ("python%d.%d" % sys.version_info[:2]) / \
+            "site-packages" / "pgvision_runtime"
+        package.mkdir(parents=True)
+        for p in [root, *root.rglob("*")]:
+            p.chmod(0o777)
+        with psycopg.connect(dsn(server, user=APP_ROLE), autocommit=True) as c:
+            c.execute(f"SET pgvision.runtime_path = '{root}'")
+            with pytest.raises(psycopg.Error) as info:
+                c.execute("SELECT pgvision.embed(%s)", [DOG])
+            assert info.value.sqlstate == "42501"
+            assert "writable by others" in info.value.diag.message_primary
+    finally:
+        shutil.rmtree(root)
