@@ -10,7 +10,7 @@ DEV_VENV   ?= build/venv
 MODEL_DIR  := build/model
 PYTEST_ARGS ?=
 
-.PHONY: all deps runtime extension model install dev test demo clean
+.PHONY: all deps runtime extension model install dev test parity demo clean
 
 all: install
 
@@ -43,6 +43,15 @@ install: deps runtime extension model
 test: install dev
 	PGVISION_MODEL_DIR=$(MODEL_DIR) PG_CONFIG=$(PG_CONFIG) \
 	  $(DEV_VENV)/bin/python -m pytest tests --basetemp=/tmp/pgvision-pytest $(PYTEST_ARGS)
+
+# Live parity of the built model with torch (CPU build 2.13.0, about 1 GB; not part of
+# `make test`, which checks parity against the committed torch reference fixture).
+TORCH_VENV ?= build/torch-venv
+parity: model
+	bash scripts/venv.sh $(TORCH_VENV) -r requirements-dev.txt torch==2.13.0
+	bash scripts/venv.sh $(TORCH_VENV) --no-deps efficientnet-lite-pytorch==0.1.0
+	PGVISION_MODEL_DIR=$(MODEL_DIR) $(TORCH_VENV)/bin/python -m pytest tests/test_model_build.py \
+	  --noconftest -p no:cacheprovider -v -rs $(PYTEST_ARGS)
 
 demo: install dev
 	PG_CONFIG=$(PG_CONFIG) bash scripts/demo.sh
