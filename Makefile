@@ -1,4 +1,4 @@
-# pgvision: `make demo` runs the seed workflow on a throwaway server, `make test` the suite.
+# pgvision: `make demo` runs the demo on a throwaway server, `make test` the suite.
 # Both set up everything first; every step is idempotent and quick when nothing changed.
 
 PG_MAJOR   ?= 15
@@ -10,7 +10,7 @@ DEV_VENV   ?= build/venv
 MODEL_DIR  := build/model
 PYTEST_ARGS ?=
 
-.PHONY: all deps runtime extension model install dev test parity demo clean
+.PHONY: all deps runtime extension model install dev test parity demo demo-sql clean
 
 all: install
 
@@ -31,6 +31,7 @@ extension: deps
 dev: deps
 	bash scripts/venv.sh $(DEV_VENV) -r requirements-dev.txt
 	bash scripts/venv.sh $(DEV_VENV) --no-deps -e ./python_udf
+	bash scripts/venv.sh $(DEV_VENV) --no-deps -e ./client
 
 # the default model, built from the published weights with numpy + onnx
 model: dev
@@ -53,7 +54,13 @@ parity: model
 	PGVISION_MODEL_DIR=$(MODEL_DIR) $(TORCH_VENV)/bin/python -m pytest tests/test_model_build.py \
 	  --noconftest -p no:cacheprovider -v -rs $(PYTEST_ARGS)
 
+# the main job: `pgvision demo` on a throwaway server (Fashion-MNIST sample, searches,
+# precision@10, contact sheet); demo-sql runs the seed SQL scripts in sql/ instead
+DEMO_ARGS ?=
 demo: install dev
+	PG_CONFIG=$(PG_CONFIG) $(DEV_VENV)/bin/pgvision demo $(DEMO_ARGS)
+
+demo-sql: install
 	PG_CONFIG=$(PG_CONFIG) bash scripts/demo.sh
 
 clean:

@@ -1,0 +1,163 @@
+"""The `pgvision` command: load, search, demo."""
+
+import argparse
+import pathlib
+import sys
+
+import psycopg
+
+from . import __version__, db
+from .db import UserError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+CONNECTION_HELP = """\
+connection: libpq's environment variables (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD,
+PGSERVICE, ...) and ~/.pgpass, or --dsn "host=... dbname=..." / "postgresql://...";
+--dsn settings override the environment's."""
+
+LOAD_EPILOG = f"""\
+Input: a folder (every file below it, hidden ones excepted; --class-from parent-dir takes
+the class from the file's folder) or a CSV file with rows path[,class] (an optional header
+row "path,class"; paths relative to the CSV's folder).
+
+The table is created when missing: id bigint identity primary key, path text unique,
+sha256 text, class text, image bytea, feature vector(the model's dimension). Paths are
+stored absolute. A re-run loads only what is new: files whose path is in the table are not
+read, files whose content (sha256) is there under another path are skipped as duplicates.
+Files that cannot be read, are not images pgvision decodes (checked with Pillow), or whose
+embedding fails in the server are reported at the end (and in --report FILE) and do not
+stop the run. Embedding (unless --no-embed) fills every NULL feature of the table, so a
+row whose image the server refuses keeps a NULL feature and is reported again next run.
+
+exit status: 0 every file is loaded (or was already) and embedded; duplicates do not count
+as problems. 3 the run finished but some files were reported; all others were loaded.
+1 an error stopped the run (connection, SQL, table layout); batches committed before it
+stay loaded, and a re-run resumes. 2 invalid arguments.
+
+{CONNECTION_HELP}"""
+
+SEARCH_EPILOG = f"""\
+The table needs the columns id and feature (filled by pgvision.embed with the same model);
+path and class are shown when present; image (bytea) is read for --html. Tables created by
+`pgvision load` have them all. Distances: l2 (<->), cosine distance (<=>), ip: negative
+inner product (<#>); smaller is nearer for all three. --where is SQL on the table's columns,
+added to the WHERE clause as it is.
+
+exit status: 0 results printed (possibly none), 1 an error, 2 invalid arguments.
+
+{CONNECTION_HELP}"""
+
+DEMO_EPILOG = """\
+Needs no running server: it creates a throwaway cluster in --dir (with initdb and pg_ctl of
+`pg_config --bindir`, PG_CONFIG defaulting to /usr/lib/postgresql/15/bin/pg_config), run as
+the postgres user when started as root, listening only on a unix socket in --dir. The
+pgvision extension must be installed (make install). The server is stopped at the end, also
+after an error or ctrl-c; --dir stays for inspection and is replaced by the next run.
+
+exit status: 0 the demo ran, 1 an error, 2 invalid arguments."""
+
+
+def _positive(text):
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, not {text}")
+    return n
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="pgvision", description="Reverse image search in PostgreSQL with pgvision.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    conn = argparse.ArgumentParser(add_help=False)
+    conn.add_argument("--dsn", help="libpq connection string or URI (default: the PG* environment)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    lp = sub.add_parser("load", parents=[conn], formatter_class=fmt, epilog=LOAD_EPILOG,
+                        help="load image files into a table and compute their features",
+                        description="Load image files into a table with binary COPY, then compute their features in the database.")
+    lp.add_argument("source", metavar="DIR|CSV", help="a folder of images or a CSV file of path[,class]")
+    lp.add_argument("--table", required=True, help="table name, optionally SCHEMA.TABLE")
+    lp.add_argument("--model", help=f"model in pgvision.models (default: the table's, else {db.DEFAULT_MODEL})")
+    lp.add_argument("--class-from", choices=["parent-dir", "none"], default="parent-dir",
+                    help="class of a file in a folder input (default: parent-dir)")
+    lp.add_argument("--batch", type=_positive, default=64, help="files per COPY and images per embed_batch (default: 64)")
+    lp.add_argument("--embed", action=argparse.BooleanOptionalAction, default=True,
+                    help="compute missing features after loading (default: yes)")
+    lp.add_argument("--report", metavar="FILE", help="also write the report as CSV: path,status,reason")
+
+    sp = sub.add_parser("search", parents=[conn], formatter_class=fmt, epilog=SEARCH_EPILOG,
+                        help="find the images most like an image file",
+                        description="Find the rows of a table whose images are most like an image file.")
+    sp.add_argument("image", metavar="IMAGE", help="the query image file")
+    sp.add_argument("--table", required=True, help="table name, optionally SCHEMA.TABLE")
+    sp.add_argument("-k", type=_positive, default=10, help="number of results (default: 10)")
+    sp.add_argument("--metric", choices=["l2", "cosine", "ip"], default="l2", help="distance (default: l2)")
+    sp.add_argument("--where", help="SQL condition on the table's rows, e.g. \"class = 'dog'\"")
+    sp.add_argument("--model", help=f"model in pgvision.models (default: the table's, else {db.DEFAULT_MODEL})")
+    sp.add_argument("--html", metavar="FILE", help="also write a self-contained HTML contact sheet")
+
+    dp = sub.add_parser("demo", formatter_class=fmt, epilog=DEMO_EPILOG,
+                        help="run pgvision end to end on a throwaway server",
+                        description="Start a throwaway PostgreSQL server, load a Fashion-MNIST sample and the"
+                                    " darknet photos, embed, index, search, measure precision@10, stop.")
+    dp.add_argument("--dir", default="/var/tmp/pgvision-demo", help="folder for the cluster, images and outputs (default: %(default)s)")
+    dp.add_argument("--port", type=_positive, default=54329, help="port number of the unix socket (default: %(default)s)")
+    dp.add_argument("--sample", type=_positive, default=1000, help="Fashion-MNIST training images to load (default: %(default)s)")
+    dp.add_argument("--queries", type=_positive, default=10, help="Fashion-MNIST test images per class for precision@10 (default: %(default)s)")
+    dp.add_argument("--batch", type=_positive, default=64, help="images per embed_batch (default: %(default)s)")
+    return p
+
+
+def run_load(args):
+    from . import load
+    items = load.items_from(args.source, args.class_from)
+    with db.connect(args.dsn) as conn:
+        result = load.load(conn, args.table, items, args.model, args.batch, args.embed)
+    load.print_report(result, sys.stdout, embed=args.embed)
+    if args.report:
+        load.write_report(result, args.report)
+        print(f"report: {args.report}")
+    return EXIT_PARTIAL if result.failures else EXIT_OK
+
+
+def run_search(args):
+    from . import search
+    try:
+        image = pathlib.Path(args.image).read_bytes()
+    except OSError as e:
+        raise UserError(f"{args.image}: {e.strerror or e}") from None
+    with db.connect(args.dsn) as conn:
+        rows = search.search(conn, args.table, image, args.k, args.metric, args.where, args.model)
+        print(search.format_table(rows) if rows else "no rows")
+        if args.html:
+            images = search.images_of(conn, args.table, [r["id"] for r in rows])
+            page = search.contact_sheet([(f"nearest {len(rows)} in {args.table} ({args.metric})",
+                                          pathlib.Path(args.image).name, image, rows, images)])
+            pathlib.Path(args.html).write_text(page, encoding="utf-8")
+            print(f"contact sheet: {args.html}")
+    return EXIT_OK
+
+
+def run_demo(args):
+    from . import demo
+    return demo.run(args)
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        return {"load": run_load, "search": run_search, "demo": run_demo}[args.command](args)
+    except UserError as e:
+        print(f"pgvision: error: {e}", file=sys.stderr)
+    except psycopg.Error as e:
+        diag = e.diag
+        msg = diag.message_primary or str(e).strip()
+        print(f"pgvision: error: {msg}", file=sys.stderr)
+        for label, text in (("DETAIL", diag.message_detail), ("HINT", diag.message_hint)):
+            if text:
+                print(f"{label}: {text}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("pgvision: interrupted", file=sys.stderr)
+        return 130
+    return EXIT_ERROR

@@ -1,0 +1,310 @@
+"""`pgvision load`: image files into a table with binary COPY, then features in the database.
+
+Loading is resumable: a file whose path is already in the table is not read again, and a
+file whose content (sha256) is already there, under another path, is skipped as a
+duplicate. Files that cannot be read or are not images are reported, never loaded.
+"""
+
+import csv
+import dataclasses
+import hashlib
+import io
+import os
+import pathlib
+import warnings
+
+import psycopg
+from PIL import Image, UnidentifiedImageError
+from psycopg import sql
+from tqdm import tqdm
+
+from . import db
+from .db import UserError
+
+# What pgvision.embed decodes (pgvision_runtime.images.FORMATS): other formats Pillow opens
+# would be loaded and then refused by the server.
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+# The columns `load` writes and `search` reads.
+LAYOUT = ("id", "path", "sha256", "class", "image", "feature")
+# SQLSTATE classes of errors that belong to one image: data exception (22P03 "image format
+# not recognized", ...), program limit exceeded (54000 "image is larger than ..."), and
+# external routine exception (38000, a decoder failing in PL/Python). Anything else (no
+# runtime, no privilege, a cancelled query) stops the command.
+IMAGE_ERROR_CLASSES = ("22", "54", "38")
+MIN_ID = -(2**63)
+
+
+@dataclasses.dataclass
+class Item:
+    path: pathlib.Path
+    cls: str | None
+
+
+@dataclasses.dataclass
+class Problem:
+    path: str
+    status: str        # unreadable, not an image, duplicate, embed failed
+    reason: str
+
+    @property
+    def is_failure(self):
+        return self.status != "duplicate"
+
+
+@dataclasses.dataclass
+class Result:
+    loaded: int = 0
+    already: int = 0
+    embedded: int = 0
+    problems: list = dataclasses.field(default_factory=list)
+
+    @property
+    def failures(self):
+        return [p for p in self.problems if p.is_failure]
+
+
+# -- inputs -------------------------------------------------------------------------------
+
+def items_from_dir(root, class_from="parent-dir"):
+    """Every regular file under ``root`` (hidden ones excepted), in a stable order."""
+    root = pathlib.Path(os.path.abspath(root))
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = pathlib.Path(dirpath)
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = here / name
+            if not path.is_file():
+                continue
+            cls = here.name if class_from == "parent-dir" and here != root else None
+            yield Item(path, cls)
+
+
+def items_from_csv(csv_path):
+    """Rows ``path[,class]``, paths relative to the CSV's folder; a header row is optional."""
+    csv_path = pathlib.Path(os.path.abspath(csv_path))
+    base = csv_path.parent
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    path_col, class_col = 0, 1
+    if rows and rows[0][0].strip().lower() == "path":
+        header = [c.strip().lower() for c in rows.pop(0)]
+        class_col = header.index("class") if "class" in header else None
+    for line in rows:
+        cls = line[class_col].strip() if class_col is not None and len(line) > class_col else ""
+        yield Item(pathlib.Path(os.path.normpath(base / line[path_col].strip())), cls or None)
+
+
+def items_from(source, class_from):
+    source = pathlib.Path(source)
+    if source.is_dir():
+        return list(items_from_dir(source, class_from))
+    if source.is_file() and source.suffix.lower() == ".csv":
+        return list(items_from_csv(source))
+    if not source.exists():
+        raise UserError(f"{source}: no such file or folder")
+    raise UserError(f"{source}: expected a folder of images or a .csv file")
+
+
+def check_image(data):
+    """None when ``data`` looks like an image pgvision decodes, else the reason."""
+    if not data:
+        return "empty file"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=FORMATS) as img:
+                img.verify()
+    except UnidentifiedImageError:
+        return "format not recognized (pgvision reads JPEG, PNG, GIF, WebP, BMP and TIFF)"
+    except Exception as e:  # Pillow raises many types for damaged files
+        return f"damaged image: {str(e).strip() or type(e).__name__}"
+    return None
+
+
+# -- table --------------------------------------------------------------------------------
+
+def ensure_table(conn, table, model):
+    """Create the table when missing; check an existing one has the columns `load` writes."""
+    db.require_pgvision(conn)
+    oid = db.table_oid(conn, table)
+    model = db.pick_model(conn, oid, model)
+    dim = db.model_dim(conn, model)
+    t = db.table_ident(table)
+    if oid is None:
+        name = table.split(".")[-1]
+        conn.execute(sql.SQL(
+            "CREATE TABLE {t} (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+            " path text NOT NULL UNIQUE, sha256 text NOT NULL, class text,"
+            " image bytea NOT NULL, feature vector({dim}))").format(t=t, dim=sql.Literal(dim)))
+        conn.execute(sql.SQL("CREATE INDEX {i} ON {t} (sha256)").format(
+            i=sql.Identifier(f"{name}_sha256_idx"), t=t))
+        conn.execute(sql.SQL("COMMENT ON COLUMN {c} IS {m}").format(
+            c=sql.Identifier(*table.split("."), "feature"), m=sql.Literal(db.MODEL_COMMENT + model)))
+        conn.commit()
+        return model
+    cols = db.columns(conn, oid)
+    missing = [c for c in LAYOUT if c not in cols]
+    if missing:
+        raise UserError(
+            f"table {table} exists without the column(s) {', '.join(missing)}; load writes"
+            f" ({', '.join(LAYOUT)}): choose another --table or add the columns")
+    expected = f"vector({dim})"
+    if cols["feature"] != expected:
+        raise UserError(f"{table}.feature is {cols['feature']}, but model {model!r} needs {expected}")
+    return model
+
+
+# -- loading ------------------------------------------------------------------------------
+
+def _chunks(seq, n):
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def copy_files(conn, table, items, batch, result):
+    """Stream new files into the table, one binary COPY and one commit per batch."""
+    t = db.table_ident(table)
+    copy_sql = sql.SQL("COPY {t} (path, sha256, class, image) FROM STDIN (FORMAT BINARY)").format(t=t)
+    seen = {}  # sha256 -> path, for files loaded by this run
+    with tqdm(total=len(items), unit="file", desc="load", disable=None) as bar:
+        for chunk in _chunks(items, batch):
+            paths = [str(it.path) for it in chunk]
+            present = {r[0] for r in conn.execute(
+                sql.SQL("SELECT path FROM {t} WHERE path = ANY(%s)").format(t=t), [paths])}
+            rows = []
+            for it, path in zip(chunk, paths):
+                if path in present:
+                    result.already += 1
+                    continue
+                try:
+                    data = it.path.read_bytes()
+                except OSError as e:
+                    result.problems.append(Problem(path, "unreadable", e.strerror or str(e)))
+                    continue
+                reason = check_image(data)
+                if reason:
+                    result.problems.append(Problem(path, "not an image", reason))
+                    continue
+                digest = hashlib.sha256(data).hexdigest()
+                if digest in seen:
+                    result.problems.append(Problem(path, "duplicate", f"same content as {seen[digest]}"))
+                    continue
+                seen[digest] = path
+                rows.append((path, digest, it.cls, data))
+            if rows:
+                known = dict(conn.execute(
+                    sql.SQL("SELECT sha256, min(path) FROM {t} WHERE sha256 = ANY(%s) GROUP BY sha256")
+                    .format(t=t), [[r[1] for r in rows]]).fetchall())
+                fresh = []
+                for r in rows:
+                    if r[1] in known:
+                        seen[r[1]] = known[r[1]]
+                        result.problems.append(Problem(r[0], "duplicate", f"same content as {known[r[1]]}"))
+                    else:
+                        fresh.append(r)
+                if fresh:
+                    with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                        copy.set_types(["text", "text", "text", "bytea"])
+                        for r in fresh:
+                            copy.write_row(r)
+                    result.loaded += len(fresh)
+            conn.commit()
+            bar.update(len(chunk))
+
+
+def _image_error(e):
+    state = getattr(e, "sqlstate", None) or ""
+    return state[:2] in IMAGE_ERROR_CLASSES
+
+
+def _message(e):
+    diag = getattr(e, "diag", None)
+    return (diag.message_primary if diag and diag.message_primary else str(e)).strip()
+
+
+def embed_missing(conn, table, model, batch, result):
+    """Fill NULL features, a batch per transaction, with pgvision.embed_batch.
+
+    A batch that fails is retried row by row with pgvision.embed, so one bad image costs
+    its own row only; those rows keep a NULL feature and are reported.
+    """
+    t = db.table_ident(table)
+    has_path = "path" in db.columns(conn, db.table_oid(conn, table))
+    todo = conn.execute(sql.SQL("SELECT count(*) FROM {t} WHERE feature IS NULL").format(t=t)).fetchone()[0]
+    conn.commit()
+    update_batch = sql.SQL(
+        "UPDATE {t} AS t SET feature = b.feature"
+        " FROM (SELECT array_agg(id ORDER BY id) AS ids, array_agg(image ORDER BY id) AS imgs"
+        "       FROM {t} WHERE id = ANY(%(ids)s)) AS todo,"
+        "      unnest(todo.ids, pgvision.embed_batch(todo.imgs, %(model)s)) AS b (id, feature)"
+        " WHERE t.id = b.id").format(t=t)
+    update_one = sql.SQL(
+        "UPDATE {t} SET feature = pgvision.embed(image, %(model)s) WHERE id = %(id)s").format(t=t)
+    last = MIN_ID
+    with tqdm(total=todo, unit="img", desc="embed", disable=None) as bar:
+        while True:
+            ids = [r[0] for r in conn.execute(
+                sql.SQL("SELECT id FROM {t} WHERE feature IS NULL AND id > %s ORDER BY id LIMIT %s")
+                .format(t=t), [last, batch])]
+            if not ids:
+                conn.commit()
+                break
+            last = ids[-1]
+            try:
+                result.embedded += conn.execute(update_batch, {"ids": ids, "model": model}).rowcount
+                conn.commit()
+            except psycopg.Error as e:
+                conn.rollback()
+                if not _image_error(e):
+                    raise
+                for id_ in ids:
+                    try:
+                        result.embedded += conn.execute(update_one, {"id": id_, "model": model}).rowcount
+                        conn.commit()
+                    except psycopg.Error as e:
+                        conn.rollback()
+                        if not _image_error(e):
+                            raise
+                        name = f"id {id_}"
+                        if has_path:
+                            name = conn.execute(sql.SQL("SELECT path FROM {t} WHERE id = %s").format(t=t),
+                                                [id_]).fetchone()[0] or name
+                            conn.commit()
+                        result.problems.append(Problem(name, "embed failed", _message(e)))
+            bar.update(len(ids))
+
+
+def load(conn, table, items, model=None, batch=64, embed=True):
+    result = Result()
+    model = ensure_table(conn, table, model)
+    copy_files(conn, table, items, batch, result)
+    if embed:
+        embed_missing(conn, table, model, batch, result)
+    return result
+
+
+def print_report(result, out, embed=True, limit=20):
+    parts = [f"loaded {result.loaded}", f"already loaded {result.already}"]
+    dups = [p for p in result.problems if not p.is_failure]
+    if dups:
+        parts.append(f"duplicates skipped {len(dups)}")
+    if embed:
+        parts.append(f"embedded {result.embedded}")
+    parts.append(f"problems {len(result.failures)}")
+    print(", ".join(parts), file=out)
+    for p in result.failures:
+        print(f"  {p.status}: {p.path}: {p.reason}", file=out)
+    for p in dups[:limit]:
+        print(f"  duplicate: {p.path}: {p.reason}", file=out)
+    if len(dups) > limit:
+        print(f"  ... and {len(dups) - limit} more duplicates (--report FILE lists all)", file=out)
+
+
+def write_report(result, path):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "status", "reason"])
+        for p in result.problems:
+            w.writerow([p.path, p.status, p.reason])
