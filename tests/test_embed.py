@@ -106,3 +106,18 @@ def test_index_scan_for_order_by_embed(conn):
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, [photo("dog")]))
         assert "Index Scan using idx_feature_idx" in plan, plan
         assert len(conn.execute(query, [photo("dog")]).fetchall()) == 5
+
+
+def test_embed_in_a_query_that_could_run_in_parallel(conn):
+    # plpy.execute starts a subtransaction, forbidden in parallel mode: the functions are
+    # PARALLEL UNSAFE so the planner keeps such queries serial instead of failing
+    conn.execute("CREATE TEMP TABLE par (id int, image bytea)")
+    conn.execute("INSERT INTO par VALUES (1, %s), (2, %s)", [photo("dog"), photo("kite")])
+    conn.execute("SET force_parallel_mode = on")
+    try:
+        dims = conn.execute("SELECT vector_dims(pgvision.embed(image)) FROM par ORDER BY id").fetchall()
+        assert dims == [(1280,), (1280,)]
+        got = conn.execute("SELECT count(*) FROM par, pgvision.classify(image, 1)").fetchone()
+        assert got == (2,)
+    finally:
+        conn.execute("RESET force_parallel_mode")

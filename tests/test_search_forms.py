@@ -297,12 +297,13 @@ def test_min_similarity_drops_less_similar_rows(conn, items):
     assert len(rows) < 10 and all(r[0] >= 0.999 for r in rows)
 
 
-def test_expand_searches_with_the_mean_of_the_query_and_its_neighbours(conn, items):
+def test_expand_searches_with_half_query_half_mean_of_its_neighbours(conn, items):
     first = conn.execute("SELECT id FROM pgvision.search_like(%s, %s, k => 3)",
                          [ITEMS_SQL, QUERY_ID]).fetchall()
     rows = conn.execute("SELECT id, distance FROM pgvision.search_like(%s, %s, k => 3, expand => 3)",
                         [ITEMS_SQL, QUERY_ID]).fetchall()
-    mean = np.mean([FEATURES[QUERY_ID - 1]] + [FEATURES[int(r[0]) - 1] for r in first], axis=0)
+    neighbours = np.mean([FEATURES[int(r[0]) - 1] for r in first], axis=0)
+    mean = 0.5 * FEATURES[QUERY_ID - 1] + 0.5 * neighbours
     i, d = rows[0]
     assert abs(d - np.linalg.norm(FEATURES[int(i) - 1].astype(np.float64) - mean)) < 1e-4
 

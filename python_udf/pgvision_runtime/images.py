@@ -70,10 +70,13 @@ def to_rgb(img, background=(255, 255, 255)):
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit (or 32-bit int) grayscale: scale the full range to 8 bits, don't clip.
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max(initial=0) <= 65535 else float(arr.max())
-        arr = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, "L")
+        # float32 and in place: a 50 Mpx image must not cost several float64 copies
+        arr = np.asarray(img, dtype=np.float32)
+        top = max(65535.0, float(arr.max(initial=0)))
+        arr *= np.float32(255.0 / top)
+        np.rint(arr, out=arr)
+        np.clip(arr, 0, 255, out=arr)
+        img = Image.fromarray(arr.astype(np.uint8), "L")
     elif mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         if arr.size and np.nanmax(arr) <= 1.0:

@@ -181,19 +181,28 @@ class Model:
         batch = self.prepare(data, limits)[None]
         return self.run(batch, (output,))[0][0]
 
-    def embed_many(self, items, limits, output="feature", batch_size=32):
-        """Embed a list of byte strings; None items stay None. Errors name the item."""
+    def embed_many(self, items, limits, output="feature", batch_size=32, check=None):
+        """Embed a list of byte strings; None items stay None. Errors name the item.
+
+        ``check``, if given, is called before each image is decoded and before each model
+        call, and may raise to stop the work: sqlapi passes one that lets PostgreSQL act on
+        a query cancel, statement_timeout or pg_terminate_backend.
+        """
         results = [None] * len(items)
         todo = [(i, d) for i, d in enumerate(items) if d is not None]
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             arrays = []
             for i, data in chunk:
+                if check is not None:
+                    check()
                 try:
                     arrays.append(self.prepare(data, limits))
                 except PgvisionError as e:
                     e.message = f"image {i + 1}: {e.message}"
                     raise
+            if check is not None:
+                check()
             out = self.run(np.stack(arrays), (output,))[0]
             for (i, _), row in zip(chunk, out):
                 results[i] = row

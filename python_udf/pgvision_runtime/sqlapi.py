@@ -76,6 +76,7 @@ class State:
         self.pipeline = plpy.prepare(
             "SELECT model, options::text AS options FROM pgvision.pipelines WHERE name = $1",
             ["text"])
+        self.nothing = plpy.prepare("SELECT")
 
 
 def state(plpy, GD):
@@ -124,6 +125,24 @@ def model(plpy, GD, name):
     return st.cache.get(row["sha256"], conf["pgvision.threads"], load), conf
 
 
+def interrupt_check(plpy, GD):
+    """A callable to run between pieces of long work, so that it can be stopped.
+
+    PostgreSQL acts on a query cancel (pg_cancel_backend, statement_timeout) or
+    pg_terminate_backend only where its own code checks for interrupts, never while Python
+    runs. Executing a plan checks, so this runs one that does nothing (a few microseconds):
+    a pending cancel raises its error here (SQLSTATE 57014), a termination ends the backend.
+    """
+    plan = state(plpy, GD).nothing
+
+    def check():
+        try:
+            plpy.execute(plan)
+        except plpy.SPIError as e:
+            raise PgvisionError(str(e), getattr(e, "sqlstate", None) or DATA_EXCEPTION) from None
+    return check
+
+
 def _limits(conf):
     return {"max_pixels": conf["pgvision.max_pixels"], "max_bytes": conf["pgvision.max_image_bytes"]}
 
@@ -147,7 +166,8 @@ def embed_batch(plpy, GD, image_list, model_name):
     if image_list is None:
         return None
     m, conf = model(plpy, GD, model_name)
-    features = m.embed_many(list(image_list), _limits(conf), batch_size=conf["pgvision.batch_size"])
+    features = m.embed_many(list(image_list), _limits(conf), batch_size=conf["pgvision.batch_size"],
+                            check=interrupt_check(plpy, GD))
     return [None if f is None else vector_text(f) for f in features]
 
 

@@ -2,7 +2,7 @@
 
 CREATE OR REPLACE FUNCTION pgvision.runtime_info()
 RETURNS jsonb
-LANGUAGE plpython3u STABLE PARALLEL SAFE
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $python$
 @PREAMBLE@

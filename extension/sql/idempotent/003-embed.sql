@@ -1,8 +1,11 @@
 -- Image bytes in, feature vector out.
+-- PARALLEL UNSAFE: every plpy.execute (the registry lookup, the settings, the cancel check)
+-- runs in a subtransaction, which PostgreSQL forbids during a parallel operation, so these
+-- functions could not run in a parallel worker nor in a leader that has workers.
 
 CREATE OR REPLACE FUNCTION pgvision.embed(image bytea, model text DEFAULT 'efficientnet_lite0')
 RETURNS vector
-LANGUAGE plpython3u IMMUTABLE STRICT PARALLEL SAFE COST 100000
+LANGUAGE plpython3u IMMUTABLE STRICT PARALLEL UNSAFE COST 100000
 SET search_path = pg_catalog, pg_temp
 AS $python$
 @PREAMBLE@
@@ -13,7 +16,7 @@ COMMENT ON FUNCTION pgvision.embed(bytea, text) IS
 
 CREATE OR REPLACE FUNCTION pgvision.embed_batch(images bytea[], model text DEFAULT 'efficientnet_lite0')
 RETURNS vector[]
-LANGUAGE plpython3u IMMUTABLE STRICT PARALLEL SAFE COST 1000000
+LANGUAGE plpython3u IMMUTABLE STRICT PARALLEL UNSAFE COST 1000000
 SET search_path = pg_catalog, pg_temp
 AS $python$
 @PREAMBLE@

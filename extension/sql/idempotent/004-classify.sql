@@ -3,7 +3,7 @@
 CREATE OR REPLACE FUNCTION pgvision.classify(image bytea, k int DEFAULT 5,
                                              model text DEFAULT 'efficientnet_lite0')
 RETURNS TABLE (label text, score real)
-LANGUAGE plpython3u STABLE STRICT PARALLEL SAFE COST 100000 ROWS 5
+LANGUAGE plpython3u STABLE STRICT PARALLEL UNSAFE COST 100000 ROWS 5
 SET search_path = pg_catalog, pg_temp
 AS $python$
 @PREAMBLE@

@@ -36,7 +36,7 @@ COMMENT ON FUNCTION pgvision.pipeline_drop(text) IS 'removes a pipeline created 
 
 CREATE OR REPLACE FUNCTION pgvision.pipeline_run(name text, image bytea)
 RETURNS jsonb
-LANGUAGE plpython3u STABLE STRICT PARALLEL SAFE COST 100000
+LANGUAGE plpython3u STABLE STRICT PARALLEL UNSAFE COST 100000
 SET search_path = pg_catalog, pg_temp
 AS $python$
 @PREAMBLE@
@@ -47,7 +47,7 @@ COMMENT ON FUNCTION pgvision.pipeline_run(text, bytea) IS
 
 CREATE OR REPLACE FUNCTION pgvision.pipeline_run_dist_random(name text, image bytea)
 RETURNS jsonb
-LANGUAGE sql VOLATILE STRICT PARALLEL SAFE COST 100000
+LANGUAGE sql VOLATILE STRICT PARALLEL UNSAFE COST 100000
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT pgvision.pipeline_run(name, image) $$;
 COMMENT ON FUNCTION pgvision.pipeline_run_dist_random(text, bytea) IS

@@ -20,7 +20,7 @@ CREATE OR REPLACE FUNCTION pgvision._search(
     exclude_key text)
 RETURNS TABLE (query_no int, rank int, id text, distance double precision,
                similarity double precision, item jsonb)
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED ROWS 10
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE ROWS 10
 SET search_path = pg_catalog, pg_temp
 SET hnsw.iterative_scan = relaxed_order
 SET ivfflat.iterative_scan = relaxed_order
@@ -124,9 +124,11 @@ BEGIN
         CONTINUE WHEN _q IS NULL;
 
         IF expand > 0 THEN
-            -- query expansion: the mean of the query and its nearest rows (unit vectors for cosine)
+            -- Query expansion: half the query, half the mean of its n nearest rows (unit
+            -- vectors for cosine), i.e. the query counted n times among the n rows. On
+            -- Fashion-MNIST (cosine, n = 3) this beat the plain mean of all n + 1 vectors.
             EXECUTE pg_catalog.format(
-                'SELECT %1$I.avg(%2$s)::text FROM (SELECT $1::%1$I.vector AS f UNION ALL (SELECT t.%3$I FROM %4$s AS t WHERE %5$s ORDER BY %6$s LIMIT %7$s)) s',
+                'SELECT %1$I.avg(%2$s)::text FROM (SELECT $1::%1$I.vector AS f FROM pg_catalog.generate_series(1, %7$s) UNION ALL (SELECT t.%3$I FROM %4$s AS t WHERE %5$s ORDER BY %6$s LIMIT %7$s)) s',
                 _vs, CASE WHEN _metric = 'cosine' THEN pg_catalog.format('%I.l2_normalize(s.f)', _vs) ELSE 's.f' END,
                 feature_column, tbl::text, _where, _dist, expand)
             INTO _q USING _q, exclude_key;
@@ -178,7 +180,7 @@ CREATE OR REPLACE FUNCTION pgvision.search(
     expand int DEFAULT 0)
 RETURNS TABLE (query_no int, rank int, id text, distance double precision,
                similarity double precision, item jsonb)
-LANGUAGE sql STABLE PARALLEL RESTRICTED COST 100000 ROWS 10
+LANGUAGE sql STABLE PARALLEL UNSAFE COST 100000 ROWS 10
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT * FROM pgvision._search(tbl, ARRAY[pgvision.embed(query, model)::text], k, feature_column, metric,
@@ -201,7 +203,7 @@ CREATE OR REPLACE FUNCTION pgvision.search_batch(
     expand int DEFAULT 0)
 RETURNS TABLE (query_no int, rank int, id text, distance double precision,
                similarity double precision, item jsonb)
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED COST 1000000 ROWS 100
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE COST 1000000 ROWS 100
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -230,7 +232,7 @@ CREATE OR REPLACE FUNCTION pgvision.search_like(
     expand int DEFAULT 0)
 RETURNS TABLE (query_no int, rank int, id text, distance double precision,
                similarity double precision, item jsonb)
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED ROWS 10
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE ROWS 10
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -288,7 +290,7 @@ CREATE OR REPLACE FUNCTION pgvision.search_like(
     expand int DEFAULT 0)
 RETURNS TABLE (query_no int, rank int, id text, distance double precision,
                similarity double precision, item jsonb)
-LANGUAGE sql STABLE PARALLEL RESTRICTED ROWS 10
+LANGUAGE sql STABLE PARALLEL UNSAFE ROWS 10
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT * FROM pgvision.search_like(tbl, key::text, k, feature_column, metric, filter, group_by,
