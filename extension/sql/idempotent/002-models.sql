@@ -33,7 +33,7 @@ DECLARE
     _builtin boolean;
     _pipeline text;
 BEGIN
-    SELECT m.builtin INTO _builtin FROM pgvision.models m WHERE m.name = drop_model.name FOR UPDATE;
+    SELECT m.builtin INTO _builtin FROM pgvision.models m WHERE m.name = drop_model.name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'model "%" does not exist', drop_model.name USING ERRCODE = 'undefined_object';
     END IF;

@@ -1,5 +1,8 @@
 -- Model registry and pipelines: state that travels with the database (pg_dump).
 
+CREATE SCHEMA pgvision;
+COMMENT ON SCHEMA pgvision IS 'pgvision: reverse image search (models, embedding, search)';
+
 CREATE TABLE pgvision.models (
     name     text PRIMARY KEY,
     sha256   text NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
