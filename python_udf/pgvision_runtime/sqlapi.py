@@ -77,6 +77,9 @@ class State:
             "SELECT model, options::text AS options FROM pgvision.pipelines WHERE name = $1",
             ["text"])
         self.nothing = plpy.prepare("SELECT")
+        self.model_exists = plpy.prepare("SELECT 1 FROM pgvision.models WHERE name = $1", ["text"])
+        self.pipeline_exists = plpy.prepare(
+            "SELECT 1 FROM pgvision.pipelines WHERE name = $1", ["text"])
 
 
 def state(plpy, GD):
@@ -108,13 +111,21 @@ def settings(plpy, GD):
     return _settings([row[f"g{i}"] for i in range(len(SETTINGS))])
 
 
+def _no_such_model(name):
+    return PgvisionError(f'model "{name}" does not exist', UNDEFINED_OBJECT,
+                         hint="SELECT name FROM pgvision.models lists the registered models")
+
+
+def _model_exists(plpy, GD, name):
+    return bool(plpy.execute(state(plpy, GD).model_exists, [name]))
+
+
 def model(plpy, GD, name):
     """The loaded model called ``name``, and the current settings."""
     st = state(plpy, GD)
     rows = plpy.execute(st.lookup, [name])
     if not rows:
-        raise PgvisionError(f'model "{name}" does not exist', UNDEFINED_OBJECT,
-                            hint="SELECT name FROM pgvision.models lists the registered models")
+        raise _no_such_model(name)
     row = rows[0]
     conf = _settings([row[f"g{i}"] for i in range(len(SETTINGS))])
 
@@ -196,7 +207,7 @@ def _check_name(name, what):
 @sql_errors
 def register_model(plpy, GD, name, onnx_bytes, spec_json, labels, builtin=False):
     _check_name(name, "model")
-    if plpy.execute(plpy.prepare("SELECT 1 FROM pgvision.models WHERE name = $1", ["text"]), [name]):
+    if _model_exists(plpy, GD, name):
         raise PgvisionError(f'model "{name}" already exists', DUPLICATE_OBJECT,
                             hint="a model never changes under its name: register the new version "
                                  "under a new name")
@@ -227,8 +238,7 @@ def install_builtin(plpy, GD, runtime_dir):
         if not fname.endswith(".onnx"):
             continue
         name = fname[:-5]
-        if plpy.execute(plpy.prepare("SELECT 1 FROM pgvision.models WHERE name = $1", ["text"]),
-                        [name]):
+        if _model_exists(plpy, GD, name):
             continue
         with open(os.path.join(folder, fname), "rb") as f:
             onnx_bytes = f.read()
@@ -274,12 +284,9 @@ def _pipeline_options(options_json):
 def pipeline_create(plpy, GD, name, model_name, options_json):
     _check_name(name, "pipeline")
     options = _pipeline_options(options_json)
-    if not plpy.execute(plpy.prepare("SELECT 1 FROM pgvision.models WHERE name = $1", ["text"]),
-                        [model_name]):
-        raise PgvisionError(f'model "{model_name}" does not exist', UNDEFINED_OBJECT,
-                            hint="SELECT name FROM pgvision.models lists the registered models")
-    if plpy.execute(plpy.prepare("SELECT 1 FROM pgvision.pipelines WHERE name = $1", ["text"]),
-                    [name]):
+    if not _model_exists(plpy, GD, model_name):
+        raise _no_such_model(model_name)
+    if plpy.execute(state(plpy, GD).pipeline_exists, [name]):
         raise PgvisionError(f'pipeline "{name}" already exists', DUPLICATE_OBJECT,
                             hint="SELECT pgvision.pipeline_drop(name) first to replace it")
     plan = plpy.prepare("INSERT INTO pgvision.pipelines (name, model, options) "

@@ -187,7 +187,7 @@ AS $$
                                    filter, group_by, max_distance, min_similarity, expand, NULL)
 $$;
 COMMENT ON FUNCTION pgvision.search(regclass, bytea, int, name, text, text, text, name, double precision, double precision, int) IS
-'the k rows of a table whose feature is nearest to an image''s, nearest first: query_no (1), rank, id (the primary key as text), distance (l2: <->, cosine: <=>, ip: <#>, the negative inner product), similarity (cosine: 1 - distance, ip: the inner product, l2: null), item (the row as jsonb without vector and bytea columns). filter is a SQL condition on the table''s columns, run as the caller with search_path = pg_catalog, pg_temp (qualify your own functions); iterative index scans return k rows when k rows match it. group_by keeps the best row per value of a column; max_distance and min_similarity (cosine, ip) drop farther rows; expand => n searches again with the mean of the query and its n nearest rows';
+'the k rows of a table whose feature is nearest to an image''s, nearest first: query_no (1), rank, id (the primary key as text), distance (l2: <->, cosine: <=>, ip: <#>, the negative inner product), similarity (cosine: 1 - distance, ip: the inner product, l2: null), item (the row as jsonb without vector and bytea columns). filter is a SQL condition on the table''s columns, run as the caller with search_path = pg_catalog, pg_temp (qualify your own functions); iterative index scans return k rows when k rows match it. group_by keeps the best row per value of a column; max_distance and min_similarity (cosine, ip) drop farther rows; expand => n searches again with a query made half of the original and half of the mean of its n nearest rows';
 
 CREATE OR REPLACE FUNCTION pgvision.search_batch(
     tbl regclass,
