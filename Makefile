@@ -10,7 +10,7 @@ DEV_VENV   ?= build/venv
 MODEL_DIR  := build/model
 PYTEST_ARGS ?=
 
-.PHONY: all deps runtime extension model install dev test parity demo demo-sql clean
+.PHONY: all deps runtime extension model install dev test parity demo demo-sql bench bench-venv clean
 
 all: install
 
@@ -62,6 +62,20 @@ demo: install dev
 
 demo-sql: install
 	PG_CONFIG=$(PG_CONFIG) bash scripts/demo.sh
+
+# Benchmarks (BENCHMARKS.md): each bench/*.py prints its figures and writes
+# bench/results/NAME.{json,md,png}; bench/report.py assembles BENCHMARKS.md from them.
+# BENCH runs a subset, e.g. `make bench BENCH="inference memory"`; BENCH_ARGS go to each script.
+BENCH ?= inference ingest search quality memory shards
+BENCH_ARGS ?=
+bench-venv: dev
+	bash scripts/venv.sh $(DEV_VENV) -r requirements-dev.txt -r requirements-bench.txt
+
+bench: install bench-venv
+	set -e; for b in $(BENCH); do \
+	  echo "== bench/$$b.py"; PG_CONFIG=$(PG_CONFIG) $(DEV_VENV)/bin/python bench/$$b.py $(BENCH_ARGS); \
+	done
+	$(DEV_VENV)/bin/python bench/report.py
 
 clean:
 	$(MAKE) -s -C extension clean
