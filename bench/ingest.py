@@ -1,163 +1,240 @@
-"""Fashion-MNIST end to end on a throwaway server: load, embed, index, then search quality.
+"""Figure 2: image files on disk to searchable rows with an HNSW index, two ways.
 
-    build/venv/bin/python bench/ingest.py [--images 70000] [--queries 1000] [--dir /var/tmp/pgvision-bench]
+    build/venv/bin/python bench/ingest.py [--images 60000] [--chunks 6]
 
-One command: writes the images as PNG files, loads them with the client's binary COPY,
-embeds them in the database with CALL pgvision.embed_table, builds the HNSW index with
-pgvector's defaults, and prints wall times, images per second, recall@10 of the HNSW
-search against an exact scan (vector and halfvec), and precision@10 by class with and
-without query expansion.
+pgvision: COPY the image bytes in, CALL pgvision.embed_table, build the HNSW index.
+Seed recipe: extract the features in this (client) process with the same model, the same
+preprocessing code and the same thread count, write them as pgvector text, COPY them in,
+build the same index. Both on one throwaway server, on the Fashion-MNIST train set as PNG
+files. The files are processed in chunks and the contenders alternate chunk by chunk (then
+index by index), so a slow patch of a shared machine hits both. Between chunks the pure
+inference limit is measured: images/s of onnxruntime alone on prepared batches of the same
+size. Prints the phases, images/s, the ratio to the seed recipe and to the limit.
 """
 
 import argparse
-import os
-import pathlib
-import random
-import sys
+import io
 import time
 
 import numpy as np
 import psycopg
-from pgvector.psycopg import register_vector
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "client"))
-from pgvision_client import db, demo, load  # noqa: E402
+import common
 
-TABLE = "images"
-
-
-def write_pngs(folder, n):
-    """The first n images of train + test as PNGs; returns load items."""
-    items = []
-    for split in ("train", "test"):
-        data = demo.Fashion(split)
-        for i in range(len(data.labels)):
-            if len(items) == n:
-                return items
-            cls = demo.FASHION_CLASSES[data.labels[i]]
-            path = folder / split / f"{i:05d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.exists():
-                data.image(i).save(path)
-            items.append(load.Item(path, cls))
-    return items
+BATCH = 32          # images per model call in both contenders (pgvision.batch_size's default)
+ROWS_PER_TXN = 64   # embed_table's batch_size: rows per transaction
+HNSW = "USING hnsw (feature vector_l2_ops) WITH (m = 16, ef_construction = 64)"
+# Both index builds get the same memory; enough for 60k x 1280-d graphs to be built in
+# memory (pgvector's advice), which a user ingesting this much should set too.
+SETTINGS = {"maintenance_work_mem": "2GB", "max_wal_size": "8GB", "checkpoint_timeout": "30min"}
 
 
-def timed(label, fn, count=None):
-    t = time.monotonic()
-    out = fn()
-    took = time.monotonic() - t
-    rate = f", {count / took:.1f} images/s" if count else ""
-    print(f"{label:<34} {took:8.1f} s{rate}", flush=True)
-    return out, took
+def vector_text(row):
+    return "[" + ",".join(map(repr, row.tolist())) + "]"
 
 
-def exact_top(conn, queries, k):
-    # not prepared: a cached plan made with the index turned off would outlive the RESET
-    conn.execute("SET enable_indexscan = off")
-    out = [{r[0] for r in conn.execute(f"SELECT id FROM {TABLE} ORDER BY feature <-> %s LIMIT {k}",
-                                       [q], prepare=False)}
-           for q in queries]
-    conn.execute("RESET enable_indexscan")
-    return out
+class Pgvision:
+    name = "pgvision"
+
+    def __init__(self, conn):
+        self.conn = conn
+        conn.execute("CREATE TABLE images (id bigint PRIMARY KEY, path text NOT NULL, "
+                     "image bytea NOT NULL, feature vector(1280))")
+        self.phases = {"copy bytes": 0.0, "embed in the database": 0.0, "HNSW index": 0.0}
+
+    def chunk(self, ids, paths):
+        with common.Clock() as c:
+            with self.conn.cursor() as cur, cur.copy(
+                    "COPY images (id, path, image) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["int8", "text", "bytea"])
+                for i, p in zip(ids, paths):
+                    copy.write_row((i, str(p), p.read_bytes()))
+        self.phases["copy bytes"] += c.seconds
+        with common.Clock() as c:
+            self.conn.execute("CALL pgvision.embed_table('images', 'image', 'feature', "
+                              "batch_size => %s)", [ROWS_PER_TXN])
+        self.phases["embed in the database"] += c.seconds
+
+    def index(self):
+        with common.Clock() as c:
+            self.conn.execute("SELECT pgvision.create_index('images', 'feature', m => 16, "
+                              "ef_construction => 64)")
+        self.phases["HNSW index"] += c.seconds
 
 
-def recall(conn, queries, exact, k, order_expr, cast=""):
-    """Mean overlap of the index's top-k with the exact top-k."""
-    hits = 0
-    for q, truth in zip(queries, exact):
-        found = {r[0] for r in conn.execute(
-            f"SELECT id FROM {TABLE} ORDER BY {order_expr} <-> %s{cast} LIMIT {k}", [q], prepare=False)}
-        hits += len(truth & found)
-    return hits / (k * len(queries))
+class Seed:
+    name = "seed recipe"
+
+    def __init__(self, conn, model):
+        self.conn = conn
+        self.model = model
+        conn.execute("CREATE TABLE seed (id bigint PRIMARY KEY, path text NOT NULL, "
+                     "feature vector(1280))")
+        self.phases = {"extract in the client": 0.0, "text + COPY": 0.0, "HNSW index": 0.0}
+
+    def chunk(self, ids, paths):
+        with common.Clock() as c:
+            features = self.model.embed_many([p.read_bytes() for p in paths], common.LIMITS,
+                                             batch_size=BATCH)
+        self.phases["extract in the client"] += c.seconds
+        with common.Clock() as c:
+            text = io.StringIO()
+            for i, p, f in zip(ids, paths, features):
+                text.write(f"{i}\t{p}\t{vector_text(f)}\n")
+            with self.conn.cursor() as cur, cur.copy("COPY seed (id, path, feature) FROM STDIN") as copy:
+                copy.write(text.getvalue())
+        self.phases["text + COPY"] += c.seconds
+
+    def index(self):
+        with common.Clock() as c:
+            self.conn.execute(f"CREATE INDEX seed_feature_idx ON seed {HNSW}")
+        self.phases["HNSW index"] += c.seconds
 
 
-def precision(conn, ids, k, expand, metric):
-    hits = 0
-    for i in ids:
-        rows = conn.execute(
-            "SELECT s.item ->> 'class' = q.class FROM images q, pgvision.search_like("
-            "'images', %s, k => %s, metric => %s, expand => %s) s WHERE q.id = %s",
-            [i, k, metric, expand, i]).fetchall()
-        hits += sum(1 for r in rows if r[0])
-    return hits / (k * len(ids))
+def inference_limit(model, tensors, seconds=20.0):
+    """images/s of session.run alone on prepared batches of BATCH images."""
+    batches = [tensors[i:i + BATCH] for i in range(0, len(tensors) - BATCH + 1, BATCH)]
+    model.run(batches[0])  # warm
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for b in batches:
+            model.run(b)
+            done += len(b)
+    return done / (time.perf_counter() - start)
 
 
-def quality(conn, args):
-    """recall@10 of HNSW (vector, halfvec) against exact search; precision@10 with expansion."""
-    register_vector(conn)
-    count = conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
-    rng = random.Random(0)
-    ids = rng.sample(range(1, count + 1), args.queries)
-    queries = [r[0] for r in conn.execute(f"SELECT feature FROM {TABLE} WHERE id = ANY(%s)", [ids])]
-    size = conn.execute("SELECT pg_size_pretty(pg_relation_size(i.indexrelid)) FROM pg_index i "
-                        "WHERE i.indrelid = 'images'::regclass AND i.indexrelid::regclass::text "
-                        "LIKE '%%hnsw_l2_idx'").fetchone()
-    exact, _ = timed(f"exact top-10, {args.queries} queries", lambda: exact_top(conn, queries, 10))
-    r, _ = timed(f"recall@10 vector, {args.queries} queries",
-                 lambda: recall(conn, queries, exact, 10, "feature"))
-    print(f"  recall@10 HNSW vs exact, vector, ef_search 40: {r:.4f}  (index {size[0]})")
-    if not conn.execute("SELECT 1 FROM pg_indexes WHERE tablename = 'images' "
-                        "AND indexdef LIKE '%%halfvec%%'").fetchone():
-        timed("halfvec HNSW index", lambda: conn.execute(
-            "SELECT pgvision.create_index('images', 'feature', halfvec => true)"))
-    rh, _ = timed(f"recall@10 halfvec, {args.queries} queries",
-                  lambda: recall(conn, queries, exact, 10, "feature::halfvec(1280)", "::halfvec(1280)"))
-    print(f"  recall@10 HNSW vs exact, halfvec, ef_search 40: {rh:.4f}")
-    # search_like with cosine scans the table (the index is for l2): keep the sample small
-    sample = ids[:300]
-    for metric, n in (("l2", 0), ("l2", 3), ("cosine", 0), ("cosine", 3)):
-        p, _ = timed(f"precision@10, {metric}, expand {n}",
-                     lambda: precision(conn, sample, 10, n, metric))  # noqa: B023
-        print(f"  precision@10 by class ({len(sample)} queries), {metric}, expand => {n}: {p:.4f}")
+def plot(result, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    colors = ["#4c72b0", "#dd8452", "#55a868"]
+    for row, c in enumerate(("pgvision", "seed recipe")):
+        left = 0.0
+        for (phase, secs), color in zip(result["contenders"][c]["phases"].items(), colors):
+            ax.barh(row, secs, left=left, color=color, edgecolor="white")
+            if secs > 0.04 * result["contenders"][c]["seconds"]:
+                ax.text(left + secs / 2, row, f"{phase}\n{secs:.0f} s", ha="center", va="center",
+                        fontsize=7, color="white")
+            left += secs
+    limit = result["images"] / result["inference_limit_images_per_s"]
+    ax.axvline(limit, color="black", linestyle="--", linewidth=1)
+    ax.text(limit, 1.45, f" inference alone: {limit:.0f} s", fontsize=7, va="center")
+    ax.set_yticks([0, 1], ["pgvision", "seed recipe"])
+    ax.set_ylim(-0.6, 1.7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"seconds, {result['images']:,} Fashion-MNIST PNG files to an HNSW-indexed table")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def report(result, plot_file):
+    p, s = result["contenders"]["pgvision"], result["contenders"]["seed recipe"]
+    lim = result["inference_limit_images_per_s"]
+    lines = [
+        "## 2. End-to-end ingest",
+        "",
+        f"{result['images']:,} Fashion-MNIST train images as PNG files on disk to rows searchable "
+        "through an HNSW index (m 16, ef_construction 64, L2), on one throwaway server "
+        f"(maintenance_work_mem {SETTINGS['maintenance_work_mem']} for both index builds). "
+        "**pgvision**: binary COPY of the file bytes, `CALL pgvision.embed_table(...)` "
+        f"({ROWS_PER_TXN} rows per transaction, {BATCH} images per model call), "
+        "`pgvision.create_index`. **Seed recipe**: the same model, preprocessing code and "
+        "thread count in the client process, vectors written as text and COPYed in, the same "
+        f"index. The files go through in {result['chunks']} chunks, the contenders alternating "
+        "chunk by chunk and then index by index. The *inference limit* is onnxruntime's "
+        f"`session.run` alone on prepared batches of {BATCH}, measured between chunks "
+        f"(median of {len(result['inference_limit_samples'])}).",
+        "",
+        "| | pgvision | seed recipe |",
+        "|---|---:|---:|",
+    ]
+    for (pp, ps), (sp, ss) in zip(p["phases"].items(), s["phases"].items()):
+        lines.append(f"| {pp} / {sp} | {ps:.1f} s | {ss:.1f} s |")
+    lines += [
+        f"| **end to end** | **{p['seconds']:.1f} s** | **{s['seconds']:.1f} s** |",
+        f"| images/s | {p['images_per_s']:.1f} | {s['images_per_s']:.1f} |",
+        f"| of the inference limit ({lim:.1f} images/s) | {p['images_per_s'] / lim:.3f} "
+        f"| {s['images_per_s'] / lim:.3f} |",
+        "",
+        f"pgvision / seed recipe: **{result['ratio_to_seed']:.3f}** (target at least 1); "
+        f"pgvision / inference limit: **{result['ratio_to_limit']:.3f}** (target at least 0.8). "
+        f"Features of both tables compared on {result['compared_rows']} rows: max |diff| "
+        f"{result['max_abs_diff']:.1e}.",
+        "",
+        f"![ingest phases]({plot_file})",
+        "",
+        f"Reproduce: `make bench BENCH=ingest` or `build/venv/bin/python bench/ingest.py "
+        f"--images {result['images']} --chunks {result['chunks']}`.",
+    ]
+    return "\n".join(lines)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=70000)
-    ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--dir", default="/var/tmp/pgvision-bench")
-    ap.add_argument("--port", type=int, default=54330)
-    ap.add_argument("--quality-only", metavar="DSN",
-                    help="skip loading: measure recall and precision on a server that has the table")
+    ap.add_argument("--images", type=int, default=60000)
+    ap.add_argument("--chunks", type=int, default=6)
+    ap.add_argument("--port", type=int, default=54331)
     args = ap.parse_args()
-    if args.quality_only:
-        with psycopg.connect(args.quality_only, autocommit=True) as conn:
-            quality(conn, args)
-        return
-    folder = pathlib.Path(args.dir)
-    server = demo.Server(folder / "server", args.port)
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o755)
-    server.prepare()
-    start = time.monotonic()
-    try:
-        server.start()
-        items, _ = timed("write PNG files", lambda: write_pngs(folder / "png", args.images))
+
+    with common.Clock() as c:
+        paths = common.fashion_pngs("train", args.images)
+    print(f"{len(paths)} PNG files under {paths[0].parent} ({c.seconds:.1f} s to write the missing ones)")
+    model = common.default_model()
+    sample = np.stack([model.prepare(p.read_bytes(), common.LIMITS) for p in paths[:10 * BATCH]])
+    limits = []
+
+    with common.Server("ingest", args.port, SETTINGS) as server:
         with psycopg.connect(server.conninfo, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION pgvision CASCADE")
-        with db.connect(server.conninfo) as conn:
-            load.ensure_table(conn, TABLE, None)
-            result = load.Result()
-            timed("load (binary COPY)", lambda: load.copy_files(conn, TABLE, items, 500, result),
-                  len(items))
-        with psycopg.connect(server.conninfo, autocommit=True) as conn:
             conn.add_notice_handler(lambda n: None)
-            timed(
-                "embed (CALL pgvision.embed_table)",
-                lambda: conn.execute("CALL pgvision.embed_table('images', 'image', 'feature', "
-                                     "batch_size => %s)", [args.batch]), len(items))
-            timed("HNSW index (m 16, ef_construction 64)",
-                  lambda: conn.execute("SELECT pgvision.create_index('images', 'feature')"))
-            conn.execute("ANALYZE images")
-            total = time.monotonic() - start
-            print(f"{'end to end (server start to index)':<34} {total:8.1f} s, "
-                  f"{len(items) / total:.1f} images/s", flush=True)
+            contenders = [Pgvision(conn), Seed(conn, model)]
+            ids = np.arange(1, len(paths) + 1)
+            bounds = np.linspace(0, len(paths), args.chunks + 1).astype(int)
+            for n, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+                limits.append(inference_limit(model, sample))
+                order = contenders if n % 2 == 0 else contenders[::-1]
+                for ct in order:
+                    ct.chunk(ids[lo:hi].tolist(), paths[lo:hi])
+                print(f"chunk {n + 1}/{args.chunks}: {hi} images; inference limit {limits[-1]:.1f} images/s; "
+                      + "; ".join(f"{ct.name} {sum(ct.phases.values()):.0f} s" for ct in contenders),
+                      flush=True)
+            limits.append(inference_limit(model, sample))
+            for ct in contenders:
+                ct.index()
+                print(f"{ct.name} index {ct.phases['HNSW index']:.1f} s", flush=True)
+            conn.execute("ANALYZE images; ANALYZE seed")
+            diff = conn.execute(
+                "SELECT count(*), max(abs(d)) FROM (SELECT unnest(i.feature::real[]) - "
+                "unnest(s.feature::real[]) AS d FROM images i JOIN seed s USING (id) "
+                "WHERE i.id % 97 = 0) x").fetchone()
+            rows = conn.execute("SELECT count(*) FROM images WHERE id % 97 = 0").fetchone()[0]
+            missing = conn.execute("SELECT (SELECT count(*) FROM images WHERE feature IS NULL) + "
+                                   "(SELECT count(*) FROM seed WHERE feature IS NULL)").fetchone()[0]
+            if missing:
+                raise SystemExit(f"{missing} rows without a feature: the comparison is void")
 
-            quality(conn, args)
-    finally:
-        server.stop()
+    result = {"images": len(paths), "chunks": args.chunks, "batch": BATCH, "settings": SETTINGS,
+              "inference_limit_samples": limits,
+              "inference_limit_images_per_s": common.median(limits),
+              "compared_rows": rows, "max_abs_diff": float(diff[1] or 0.0), "contenders": {}}
+    for ct in contenders:
+        total = sum(ct.phases.values())
+        result["contenders"][ct.name] = {"phases": ct.phases, "seconds": total,
+                                         "images_per_s": len(paths) / total}
+    p = result["contenders"]["pgvision"]["images_per_s"]
+    result["ratio_to_seed"] = p / result["contenders"]["seed recipe"]["images_per_s"]
+    result["ratio_to_limit"] = p / result["inference_limit_images_per_s"]
+    for name, r in result["contenders"].items():
+        print(f"{name:<12} " + ", ".join(f"{k} {v:.1f} s" for k, v in r["phases"].items())
+              + f"; end to end {r['seconds']:.1f} s = {r['images_per_s']:.1f} images/s")
+    print(f"inference limit {result['inference_limit_images_per_s']:.1f} images/s; "
+          f"pgvision/seed {result['ratio_to_seed']:.3f}; pgvision/limit {result['ratio_to_limit']:.3f}; "
+          f"max |diff| {result['max_abs_diff']:.1e} over {rows} rows")
+    path = common.plot_path("ingest", "phases")
+    plot(result, path)
+    common.write_results("ingest", result, report(result, path.name))
 
 
 if __name__ == "__main__":

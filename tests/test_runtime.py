@@ -750,3 +750,30 @@ def test_embed_bad_image_is_image_error(net):
     with pytest.raises(ImageError) as info:
         net.embed(b"GIF89a but not really", LIMITS)
     assert info.value.sqlstate == "22P03"
+
+
+@pytest.mark.parametrize("variant", [
+    {},
+    {"fit": "center_crop", "resample": "bilinear"},
+    {"fit": "letterbox", "background": [10, 200, 30]},
+    {"color": "BGR", "layout": "NHWC", "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.25]},
+])
+def test_grey_fast_path_gives_the_same_tensor(variant):
+    # Greyscale images are resized as one channel and normalised through a lookup table;
+    # the tensor must be bit-identical to resizing and normalising three RGB channels.
+    rng = np.random.default_rng(7)
+    grey = Image.fromarray(rng.integers(0, 256, (28, 40), dtype=np.uint8), "L")
+    spec = specs.validate({**DEFAULT_SPEC, **variant})
+    for data in (encode(grey, "PNG"), encode(grey, "JPEG")):
+        fast = preprocess.prepare(images.decode(data, spec["background"], grey=True), spec)
+        rgb = images.decode(data, spec["background"])
+        assert rgb.mode == "RGB"
+        pixels = np.asarray(preprocess.fit(rgb, spec), dtype=np.float32)
+        if spec["color"] == "BGR":
+            pixels = pixels[:, :, ::-1]
+        slow = (pixels / np.float32(spec["scale"]) - np.asarray(spec["mean"], np.float32)) \
+            / np.asarray(spec["std"], np.float32)
+        if spec["layout"] == "NCHW":
+            slow = slow.transpose(2, 0, 1)
+        assert fast.dtype == np.float32 and fast.shape == slow.shape
+        assert np.array_equal(fast, slow)

@@ -25,8 +25,12 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 def decode(data, background=(255, 255, 255), max_pixels=DEFAULT_MAX_PIXELS,
-           max_bytes=DEFAULT_MAX_BYTES):
-    """Decode image bytes to an RGB image, orientation applied, alpha composited."""
+           max_bytes=DEFAULT_MAX_BYTES, grey=False):
+    """Decode image bytes to an RGB image, orientation applied, alpha composited.
+
+    With ``grey``, an opaque greyscale image stays one 8-bit channel ("L"): resizing one
+    channel instead of three identical ones gives the same pixels at a third of the cost.
+    """
     if data is None or len(data) == 0:
         raise ImageError("image is empty", hint="pass the bytes of a JPEG, PNG, GIF, WebP, BMP or TIFF file")
     if max_bytes and len(data) > max_bytes:
@@ -48,7 +52,7 @@ def decode(data, background=(255, 255, 255), max_pixels=DEFAULT_MAX_PIXELS,
                 img.seek(0)  # animated GIF/WebP, multi-page TIFF: the first frame
             img.load()
             img = ImageOps.exif_transpose(img)
-            return to_rgb(img, background)
+            return to_rgb(img, background, grey)
     except (ImageError, LimitError):
         raise
     except UnidentifiedImageError:
@@ -65,8 +69,8 @@ def _reason(e):
     return text[0].lower() + text[1:].rstrip(".") if text else text
 
 
-def to_rgb(img, background=(255, 255, 255)):
-    """Any Pillow mode to 8-bit RGB; transparency goes onto ``background``."""
+def to_rgb(img, background=(255, 255, 255), grey=False):
+    """Any Pillow mode to 8-bit RGB (or L, with ``grey``); transparency goes onto ``background``."""
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit (or 32-bit int) grayscale: scale the full range to 8 bits, don't clip.
@@ -91,6 +95,8 @@ def to_rgb(img, background=(255, 255, 255)):
         canvas = Image.new("RGBA", rgba.size, tuple(background) + (255,))
         canvas.alpha_composite(rgba)
         return canvas.convert("RGB")
+    if grey and img.mode == "L":
+        return img
     if img.mode != "RGB":
         img = img.convert("RGB")
     return img

@@ -174,7 +174,7 @@ class Model:
         return [np.asarray(r, dtype=np.float32) for r in result]
 
     def prepare(self, data, limits):
-        img = images.decode(data, self.spec["background"], **limits)
+        img = images.decode(data, self.spec["background"], grey=True, **limits)
         return preprocess.prepare(img, self.spec)
 
     def embed(self, data, limits, output="feature"):
