@@ -45,13 +45,22 @@ $python$;
 COMMENT ON FUNCTION pgvision.pipeline_run(text, bytea) IS
 'runs a pipeline on image bytes; returns {"pipeline", "model", "output", "dim", "normalized", "feature" (or "logits"): [...]}';
 
+-- AnalyticDB sends the work to a random segment: with shards registered (pgvision.shards,
+-- see 040-shard.sql), a random shard runs it; on a single server it runs here.
 CREATE OR REPLACE FUNCTION pgvision.pipeline_run_dist_random(name text, image bytea)
 RETURNS jsonb
-LANGUAGE sql VOLATILE STRICT PARALLEL UNSAFE COST 100000
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE COST 100000
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT pgvision.pipeline_run(name, image) $$;
+AS $$
+BEGIN
+    IF EXISTS (SELECT FROM pgvision.shards) THEN
+        RETURN pgvision._shard_pipeline_run(name, image);
+    END IF;
+    RETURN pgvision.pipeline_run(name, image);
+END
+$$;
 COMMENT ON FUNCTION pgvision.pipeline_run_dist_random(text, bytea) IS
-'AnalyticDB''s name for running a pipeline on a random node; on a single server it runs locally';
+'AnalyticDB''s name for running a pipeline on a random node: on a random shard of pgvision.shards (through dblink) when there are any, else on this server; the pipeline must exist where it runs';
 
 -- pgvector may live in any schema; the body names its type with that schema, so the
 -- function works with search_path pinned.
