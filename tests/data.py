@@ -3,11 +3,16 @@
 import gzip
 import io
 import pathlib
+import re
 
 import numpy as np
 from PIL import Image
 
 DARKNET = pathlib.Path("/usr/share/darknet/data")
+# The runtime folder `make install` fills for the version in the control file.
+VERSION = re.search(r"default_version\s*=\s*'([^']+)'", (pathlib.Path(__file__).resolve().parents[1]
+                    / "extension" / "pgvision.control").read_text()).group(1)
+RUNTIME_MODELS = pathlib.Path("/usr/local/lib/pgvision") / VERSION / "models"
 PHOTOS = ["dog", "eagle", "giraffe", "horses", "kite", "person", "scream"]
 FASHION = pathlib.Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import encode, photo
+from data import RUNTIME_MODELS, encode, photo
 
-DEFAULT_MODELS = pathlib.Path("/usr/local/lib/pgvision/0.1.0/models")
+DEFAULT_MODELS = RUNTIME_MODELS
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,10 @@ from pgvision_runtime import images, models, preprocess, spec as specs
 from pgvision_runtime.errors import ImageError, LimitError, ModelError, PgvisionError
 
 try:
-    from data import DARKNET, encode, photo
+    from data import DARKNET, RUNTIME_MODELS, encode, photo
 except ImportError:  # tests/ not on sys.path
     DARKNET = pathlib.Path("/usr/share/darknet/data")
+    RUNTIME_MODELS = None  # PGVISION_MODEL_DIR names the model files
 
     def photo(name):
         return (DARKNET / f"{name}.jpg").read_bytes()
@@ -629,7 +630,7 @@ def _default_model_files():
     if env:
         folder, labels = pathlib.Path(env), "imagenet_classes.txt"
     else:
-        folder, labels = pathlib.Path("/usr/local/lib/pgvision/0.1.0/models"), \
+        folder, labels = RUNTIME_MODELS, \
             "efficientnet_lite0.labels.txt"
     return (folder / "efficientnet_lite0.onnx", folder / "efficientnet_lite0.json",
             folder / labels)

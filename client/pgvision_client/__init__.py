@@ -1,3 +1,3 @@
 """pgvision command-line client: load images into a table, search by image, run the demo."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -268,10 +268,20 @@ BEGIN
         END IF;
     END LOOP;
     IF _nulls < _n THEN
+        PERFORM pg_catalog.set_config('search_path', caller_search_path, true);
         BEGIN
-            _features := pgvision.embed_batch(_images, model_name)::text[];
+            -- One statement: the features go from embed_batch to the column as vectors (a
+            -- round trip through text would format and parse 1280 floats per row).
+            EXECUTE pg_catalog.format(
+                'UPDATE %1$s AS t SET %2$I = u.f::%3$s'
+                ' FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest(pgvision.embed_batch($2, $3)))'
+                ' AS u (k, f) WHERE t.%4$I = u.k::%5$s AND u.f IS NOT NULL',
+                rel, feature_col, _feattype, key_col, _keytype)
+                USING _keys, _images, model_name;
+            GET DIAGNOSTICS _done = ROW_COUNT;
         EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
             -- Some image is bad: embed one at a time and record those that fail.
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
             _features := pg_catalog.array_fill(NULL::text, ARRAY[_n]);
             FOR i IN 1 .. _n LOOP
                 CONTINUE WHEN _images[i] IS NULL;
@@ -288,15 +298,15 @@ BEGIN
                     _failed := _failed + 1;
                 END;
             END LOOP;
+            PERFORM pg_catalog.set_config('search_path', caller_search_path, true);
+            EXECUTE pg_catalog.format(
+                'UPDATE %1$s AS t SET %2$I = u.f::%3$s'
+                ' FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u (k, f)'
+                ' WHERE t.%4$I = u.k::%5$s AND u.f IS NOT NULL',
+                rel, feature_col, _feattype, key_col, _keytype)
+                USING _keys, _features;
+            GET DIAGNOSTICS _done = ROW_COUNT;
         END;
-        PERFORM pg_catalog.set_config('search_path', caller_search_path, true);
-        EXECUTE pg_catalog.format(
-            'UPDATE %1$s AS t SET %2$I = u.f::%3$s'
-            ' FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u (k, f)'
-            ' WHERE t.%4$I = u.k::%5$s AND u.f IS NOT NULL',
-            rel, feature_col, _feattype, key_col, _keytype)
-            USING _keys, _features;
-        GET DIAGNOSTICS _done = ROW_COUNT;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     END IF;
 
