@@ -1,0 +1,420 @@
+"""Figure 3: the HNSW index on 60,000 image features, against exact search and against FAISS.
+
+    build/venv/bin/python bench/search.py [--ef 10 20 40 80 120 200 400] [--chunks 10]
+
+Base: the pooled features of the 60,000 Fashion-MNIST train images (bench/features.py,
+bit-identical to pgvision.embed); queries: the 10,000 test images' features. The truth is
+exact top-10 by L2 in float64 over the full float32 vectors (numpy). Contenders, all with
+m = 16 and ef_construction = 64:
+
+- **vector**: pgvector's HNSW index on the vector(1280) column (pgvision.create_index);
+- **halfvec**: the same on feature::halfvec(1280) (create_index(..., halfvec => true)),
+  judged against the same full-precision truth;
+- **FAISS**: IndexHNSWFlat(1280, 16), efConstruction 64, one OpenMP thread.
+
+One client, one query at a time: a prepared ``SELECT id ... ORDER BY ... LIMIT 10`` with
+the query vector as a binary parameter, timed in the client around execute + fetch; FAISS
+is timed the same way around ``index.search`` of one query. Every ef_search runs all 10,000
+queries for every contender, in chunks, the contenders alternating chunk by chunk in a
+rotating order, so a slow patch of the shared machine hits all three. Recall is over all
+10,000 queries; latency is p50/p99 of the per-query times; QPS is queries over the sum of
+those times (one client).
+
+Index builds: serial on both sides (max_parallel_maintenance_workers = 0, one FAISS
+thread), the same thread count as the searches, with maintenance_work_mem large enough for
+pgvector to build the whole graph in memory (the path pgvector's own notice asks for).
+"""
+
+import argparse
+import time
+
+import numpy as np
+import psycopg
+
+import common
+import features
+
+M, EF_CONSTRUCTION, K = 16, 64, 10
+# 1 GB holds the 60k graph (about 330 MB for vector) with room; shared_buffers holds the
+# table and both indexes, so searches read memory, as on a server sized for its index.
+SETTINGS = {"maintenance_work_mem": "1GB", "max_parallel_maintenance_workers": "0",
+            "shared_buffers": "2GB", "max_wal_size": "8GB", "checkpoint_timeout": "30min"}
+SQL = {
+    "vector": "SELECT id FROM items ORDER BY feature <-> %b LIMIT 10",
+    "halfvec": "SELECT id FROM items ORDER BY feature::halfvec(1280) <-> %b::halfvec(1280) LIMIT 10",
+}
+CONTENDERS = ("vector", "halfvec", "FAISS")
+
+
+# ---------------------------------------------------------------- exact search
+
+def sqdist(base, q, ids):
+    """Squared L2 from one query to some base rows, in float64, as differences (no
+    cancellation, unlike the |b|^2 - 2qb + |q|^2 form the brute force ranks with)."""
+    diff = base[ids].astype(np.float64) - q.astype(np.float64)
+    return np.einsum("ij,ij->i", diff, diff)
+
+
+def exact(base, queries, k=K, block=500):
+    """Exact top-(k + 1) by squared L2 in float64: ids and distances [Q, k + 1], the k + 1st
+    to see ties at the kth place. Ranked by the expanded form, then re-measured and re-ranked
+    on direct differences among a margin of candidates."""
+    base64 = base.astype(np.float64)
+    norms = np.einsum("ij,ij->i", base64, base64)
+    margin = 4 * k
+    ids = np.empty((len(queries), k + 1), dtype=np.int64)
+    dist = np.empty((len(queries), k + 1))
+    for s in range(0, len(queries), block):
+        q = queries[s:s + block].astype(np.float64)
+        d = norms[None, :] - 2.0 * q @ base64.T
+        part = np.argpartition(d, margin, axis=1)[:, :margin]
+        for j, row in enumerate(part):
+            dd = sqdist(base, queries[s + j], row)
+            order = np.lexsort((row, dd))[:k + 1]  # by distance, then by id
+            ids[s + j], dist[s + j] = row[order], dd[order]
+    return ids, dist
+
+
+def truth(base, queries):
+    path = features.folder(features.load_model()) / f"search-truth-{len(base)}-{len(queries)}.npz"
+    if path.exists():
+        t = np.load(path)
+        return t["ids"], t["dist"]
+    with common.Clock() as c:
+        ids, dist = exact(base, queries)
+    print(f"exact top-{K} of {len(queries)} queries in {c.seconds:.0f} s", flush=True)
+    np.savez(path, ids=ids, dist=dist)
+    return ids, dist
+
+
+def recall(found, truth_ids, truth_dist, base, queries):
+    """Recall@10, and the tie-aware form: a returned row counts when its exact distance is
+    at most the true 10th distance (a tie with the 10th is as right as the 10th)."""
+    strict = np.mean([len(set(f) & set(t[:K])) for f, t in zip(found, truth_ids)]) / K
+    hits = 0
+    for q, f, d in zip(queries, found, truth_dist):
+        hits += min(K, int(np.sum(sqdist(base, q, np.asarray(f, dtype=np.int64)) <= d[K - 1])))
+    return float(strict), hits / (K * len(queries))
+
+
+# ---------------------------------------------------------------- contenders
+
+class Pg:
+    def __init__(self, name, conninfo, index):
+        from pgvector.psycopg import register_vector
+
+        self.name = name
+        self.conn = psycopg.connect(conninfo, autocommit=True)
+        register_vector(self.conn)
+        self.cur = self.conn.cursor()
+        self.sql = SQL[name]
+        self.index = index
+
+    def set_ef(self, ef):
+        self.conn.execute(f"SET hnsw.ef_search = {int(ef)}")
+
+    def plan(self, q):
+        rows = self.conn.execute("EXPLAIN (COSTS OFF) " + self.sql, [q]).fetchall()
+        return "\n".join(r[0] for r in rows)
+
+    def run(self, queries):
+        cur, sql, clock = self.cur, self.sql, time.perf_counter
+        ids, times = [], []
+        for q in queries:
+            t = clock()
+            cur.execute(sql, (q,), prepare=True)
+            rows = cur.fetchall()
+            times.append(clock() - t)
+            ids.append([r[0] - 1 for r in rows])
+        return ids, times
+
+
+class Faiss:
+    name = "FAISS"
+
+    def __init__(self, index):
+        self.index = index
+
+    def set_ef(self, ef):
+        self.index.hnsw.efSearch = int(ef)
+
+    def run(self, queries):
+        index, clock = self.index, time.perf_counter
+        ids, times = [], []
+        for i in range(len(queries)):
+            q = queries[i:i + 1]
+            t = clock()
+            _, found = index.search(q, K)
+            times.append(clock() - t)
+            ids.append(found[0].tolist())
+        return ids, times
+
+
+# ---------------------------------------------------------------- equal recall
+
+def at_recall(points, target):
+    """(QPS, p50 ms) where the curve crosses ``target`` recall: linear in recall between the
+    two sweep points around it, log-linear in QPS and latency. None if never reached."""
+    pts = sorted(points, key=lambda p: p["ef_search"])
+    for a, b in zip(pts, pts[1:]):
+        if a["recall"] < target <= b["recall"]:
+            w = (target - a["recall"]) / (b["recall"] - a["recall"])
+            geo = lambda x, y: float(np.exp((1 - w) * np.log(x) + w * np.log(y)))  # noqa: E731
+            return geo(a["qps"], b["qps"]), geo(a["p50_ms"], b["p50_ms"])
+    if pts and pts[0]["recall"] >= target:
+        return pts[0]["qps"], pts[0]["p50_ms"]
+    return None
+
+
+# ---------------------------------------------------------------- report
+
+def plot(result, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    style = {"vector": ("#4c72b0", "o"), "halfvec": ("#55a868", "s"), "FAISS": ("#dd8452", "^")}
+    for name in CONTENDERS:
+        pts = result["sweep"][name]
+        color, marker = style[name]
+        r = [p["recall"] for p in pts]
+        axes[0].plot([p["p50_ms"] for p in pts], r, marker=marker, color=color, label=name)
+        axes[1].plot([p["qps"] for p in pts], r, marker=marker, color=color, label=name)
+        for p in pts:
+            axes[0].annotate(str(p["ef_search"]), (p["p50_ms"], p["recall"]), fontsize=6,
+                             xytext=(3, -8), textcoords="offset points", color=color)
+    for ax in axes:
+        ax.axhline(0.99, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_ylabel("recall@10")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].axvline(3.0, color="grey", linestyle=":", linewidth=1)
+    axes[0].set_xlabel("p50 latency per query, ms (one client)")
+    axes[1].set_xlabel("queries per second (one client)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"HNSW m {M}, ef_construction {EF_CONSTRUCTION}: 60,000 Fashion-MNIST features "
+                 "(1280-d), 10,000 queries; labels: ef_search", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def report(result, plot_file):
+    b = result["builds"]
+    lines = [
+        "## 3. Search",
+        "",
+        f"{result['base']:,} Fashion-MNIST train features (1280-d, the default model's pooled "
+        f"output, bit-identical to `pgvision.embed`) as the table, the {result['queries']:,} test "
+        "features as queries; the truth is exact top-10 by L2 in float64 (numpy). HNSW with "
+        f"m {M}, ef_construction {EF_CONSTRUCTION} everywhere: pgvector's index on the `vector` "
+        "column and on `feature::halfvec(1280)` (both from `pgvision.create_index`, on one "
+        "throwaway server with shared_buffers 2GB, so the table and both indexes stay in memory), "
+        f"and FAISS `IndexHNSWFlat(1280, {M})` with efConstruction {EF_CONSTRUCTION} as the "
+        "dedicated-library reference. Single client, one query at a time, one thread on each "
+        "side: pgvector runs each query in one backend; FAISS runs with "
+        "`faiss.omp_set_num_threads(1)`. Latency is measured in the client around a prepared "
+        "`SELECT id FROM items ORDER BY feature <-> $1 LIMIT 10` (vector as a binary parameter) "
+        "and around FAISS's `index.search` of one query; QPS is queries over the sum of those "
+        "times. Every ef_search runs all queries for every contender, in "
+        f"{result['chunks']} chunks, the contenders alternating chunk by chunk in a rotating "
+        "order. Recall@10 counts a returned row as right when its exact distance is at most the "
+        f"true 10th distance ({result['ties']} of the queries have a tie at the 10th place; the "
+        f"strict form differs by at most {result['strict_gap']:.4f}).",
+        "",
+        "| ef_search | vector recall@10 | p50 ms | p99 ms | QPS | halfvec recall@10 | p50 ms | p99 ms | QPS "
+        "| FAISS recall@10 | p50 ms | p99 ms | QPS |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, ef in enumerate(result["ef_search"]):
+        cells = [str(ef)]
+        for name in CONTENDERS:
+            p = result["sweep"][name][i]
+            cells += [f"{p['recall']:.4f}", f"{p['p50_ms']:.2f}", f"{p['p99_ms']:.2f}", f"{p['qps']:,.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "At equal recall (each curve interpolated between the two sweep points around the "
+              "target, linearly in recall and log-linearly in QPS and latency):", "",
+              "| recall@10 | vector QPS | halfvec QPS | FAISS QPS | vector / FAISS | halfvec / FAISS "
+              "| vector p50 ms | halfvec p50 ms |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for target, row in result["equal_recall"].items():
+        def cell(name, i):
+            v = row[name]
+            return "not reached" if v is None else (f"{v[i]:,.0f}" if i == 0 else f"{v[i]:.2f}")
+
+        def ratio(name):
+            r = row[f"{name}/FAISS"]
+            return "–" if r is None else f"**{r:.2f}**"
+        lines.append(f"| {target} | {cell('vector', 0)} | {cell('halfvec', 0)} | {cell('FAISS', 0)} "
+                     f"| {ratio('vector')} | {ratio('halfvec')} | {cell('vector', 1)} | {cell('halfvec', 1)} |")
+    target = result["target"]
+    lines += [
+        "",
+        f"Target: recall@10 at least 0.99 at p50 under 3 ms. Smallest ef_search that reaches 0.99: "
+        + "; ".join(f"{n} {t['ef_search']} (recall {t['recall']:.4f}, p50 {t['p50_ms']:.2f} ms) "
+                    f"**{'met' if t['met'] else 'not met'}**" if t else f"{n} never"
+                    for n, t in target.items()) + ".",
+        "",
+        "| index build (serial, one thread) | time | size |",
+        "|---|---:|---:|",
+        f"| table ({result['base']:,} rows, heap + TOAST) | | {result['table_mb']:.0f} MB |",
+    ]
+    for name in CONTENDERS:
+        lines.append(f"| {name} | {b[name]['seconds']:.1f} s | {b[name]['mb']:.0f} MB |")
+    lines += [
+        "",
+        f"pgvector builds with maintenance_work_mem {SETTINGS['maintenance_work_mem']} (the "
+        "whole graph fits, so no slower on-disk phase) and max_parallel_maintenance_workers 0; "
+        "sizes are `pg_relation_size` of the index and FAISS's serialised index.",
+        "",
+        f"![recall against latency and QPS]({plot_file})",
+        "",
+        f"Reproduce: `make bench BENCH=search` or `build/venv/bin/python bench/search.py "
+        f"--ef {' '.join(map(str, result['ef_search']))} --chunks {result['chunks']}"
+        + ("" if (result["base"], result["queries"]) == (60000, 10000)
+           else f" --base {result['base']} --queries {result['queries']}") + "` "
+        "(the features come from `bench/features.py`, computed once).",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+def load_table(conninfo, base):
+    from pgvector.psycopg import register_vector
+
+    with psycopg.connect(conninfo, autocommit=True) as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS pgvision CASCADE")
+        c.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        register_vector(c)
+        c.execute("CREATE TABLE items (id bigint PRIMARY KEY, feature vector(1280) NOT NULL)")
+        with common.Clock() as clock:
+            with c.cursor() as cur, cur.copy("COPY items (id, feature) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["int8", "vector"])
+                for i, f in enumerate(base):
+                    copy.write_row((i + 1, f))
+        c.execute("VACUUM ANALYZE items")
+        print(f"{len(base)} rows loaded by binary COPY in {clock.seconds:.1f} s", flush=True)
+        return c.execute("SELECT pg_total_relation_size('items') - pg_indexes_size('items')").fetchone()[0]
+
+
+def build_pg(conninfo, halfvec):
+    with psycopg.connect(conninfo, autocommit=True) as c:
+        c.add_notice_handler(lambda n: print("  server:", n.message_primary))
+        with common.Clock() as clock:
+            name = c.execute("SELECT pgvision.create_index('items', 'feature', m => %s, "
+                             "ef_construction => %s, halfvec => %s)",
+                             [M, EF_CONSTRUCTION, halfvec]).fetchone()[0]
+        size = c.execute("SELECT pg_relation_size(%s::regclass)", [name]).fetchone()[0]
+        c.execute("SELECT pg_prewarm(%s::regclass)", [name])
+    return name, clock.seconds, size
+
+
+def build_faiss(base):
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    index = faiss.IndexHNSWFlat(base.shape[1], M)
+    index.hnsw.efConstruction = EF_CONSTRUCTION
+    with common.Clock() as clock:
+        index.add(base)
+    return index, clock.seconds, faiss.serialize_index(index).nbytes
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ef", type=int, nargs="+", default=[10, 20, 40, 80, 120, 200, 400])
+    ap.add_argument("--chunks", type=int, default=10)
+    ap.add_argument("--port", type=int, default=54333)
+    ap.add_argument("--base", type=int, default=60000, help="first N train images (a quick run)")
+    ap.add_argument("--queries", type=int, default=10000, help="first N test images")
+    args = ap.parse_args()
+
+    base = np.ascontiguousarray(features.load("train")[:args.base], dtype=np.float32)
+    queries = np.ascontiguousarray(features.load("test")[:args.queries], dtype=np.float32)
+    truth_ids, truth_dist = truth(base, queries)
+    ties = int(np.sum(truth_dist[:, K - 1] == truth_dist[:, K]))
+    print(f"{len(base)} base, {len(queries)} queries; {ties} with a tie at the 10th place", flush=True)
+
+    builds = {}
+    with common.Server("search", args.port, SETTINGS) as server:
+        # shared_buffers takes a restart; pg_ctl restart keeps the start options
+        server.run("pg_ctl", "-D", str(server.data), "-l", str(server.folder / "server.log"),
+                   "-w", "-t", "120", "restart")
+        table_bytes = load_table(server.conninfo, base)
+        # builds alternate the two sides: vector, FAISS, halfvec
+        name, secs, size = build_pg(server.conninfo, False)
+        builds["vector"] = {"index": name, "seconds": secs, "mb": size / 2**20}
+        print(f"vector index {name}: {secs:.1f} s, {size / 2**20:.0f} MB", flush=True)
+        index, secs, size = build_faiss(base)
+        builds["FAISS"] = {"seconds": secs, "mb": size / 2**20}
+        print(f"FAISS index: {secs:.1f} s, {size / 2**20:.0f} MB", flush=True)
+        name, secs, size = build_pg(server.conninfo, True)
+        builds["halfvec"] = {"index": name, "seconds": secs, "mb": size / 2**20}
+        print(f"halfvec index {name}: {secs:.1f} s, {size / 2**20:.0f} MB", flush=True)
+
+        contenders = [Pg("vector", server.conninfo, builds["vector"]["index"]),
+                      Pg("halfvec", server.conninfo, builds["halfvec"]["index"]), Faiss(index)]
+        for ct in contenders[:2]:
+            plan = ct.plan(queries[0])
+            if ct.index not in plan:
+                raise SystemExit(f"{ct.name}: the query does not use {ct.index}:\n{plan}")
+            ct.set_ef(40)
+            ct.run(queries[:200])  # warm the prepared statement and the caches
+        contenders[2].run(queries[:200])
+
+        bounds = np.linspace(0, len(queries), args.chunks + 1).astype(int)
+        sweep = {ct.name: [] for ct in contenders}
+        turn = 0
+        for ef in args.ef:
+            found = {ct.name: [] for ct in contenders}
+            times = {ct.name: [] for ct in contenders}
+            for ct in contenders:
+                ct.set_ef(ef)
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                order = contenders[turn % 3:] + contenders[:turn % 3]
+                turn += 1
+                for ct in order:
+                    ids, ts = ct.run(queries[lo:hi])
+                    found[ct.name] += ids
+                    times[ct.name] += ts
+            for ct in contenders:
+                strict, tie_aware = recall(found[ct.name], truth_ids, truth_dist, base, queries)
+                t = np.asarray(times[ct.name])
+                point = {"ef_search": ef, "recall": tie_aware, "recall_strict": strict,
+                         "p50_ms": 1e3 * float(np.median(t)), "p99_ms": 1e3 * common.percentile(t, 99),
+                         "qps": len(t) / float(t.sum())}
+                sweep[ct.name].append(point)
+                print(f"ef_search {ef:>4} {ct.name:<8} recall@10 {tie_aware:.4f} (strict {strict:.4f}) "
+                      f"p50 {point['p50_ms']:.2f} ms p99 {point['p99_ms']:.2f} ms {point['qps']:,.0f} QPS",
+                      flush=True)
+        for ct in contenders[:2]:
+            ct.conn.close()
+
+    equal = {}
+    for target in (0.95, 0.98, 0.99, 0.995):
+        row = {name: at_recall(sweep[name], target) for name in CONTENDERS}
+        for name in ("vector", "halfvec"):
+            row[f"{name}/FAISS"] = (row[name][0] / row["FAISS"][0]
+                                    if row[name] and row["FAISS"] else None)
+        equal[str(target)] = row
+    target = {}
+    for name in CONTENDERS:
+        ok = [p for p in sweep[name] if p["recall"] >= 0.99]
+        target[name] = ({**ok[0], "met": ok[0]["p50_ms"] < 3.0} if ok else None)
+
+    result = {"base": len(base), "queries": len(queries), "m": M, "ef_construction": EF_CONSTRUCTION,
+              "ef_search": args.ef, "chunks": args.chunks, "settings": SETTINGS, "ties": ties,
+              "strict_gap": max(abs(p["recall"] - p["recall_strict"]) for n in CONTENDERS for p in sweep[n]),
+              "table_mb": table_bytes / 2**20, "builds": builds, "sweep": sweep,
+              "equal_recall": equal, "target": target}
+    for t, row in equal.items():
+        print(f"recall {t}: " + ", ".join(f"{k} {v if v is None or isinstance(v, float) else v[0]:.3g}"
+                                           if v is not None else f"{k} n/a" for k, v in row.items()))
+    path = common.plot_path("search", "recall")
+    plot(result, path)
+    common.write_results("search", result, report(result, path.name))
+
+
+if __name__ == "__main__":
+    main()
