@@ -5,7 +5,11 @@ thread count it was opened with), so a model is read from the registry table and
 into an onnxruntime session once per connection.
 """
 
+import concurrent.futures
 import hashlib
+import os
+import signal
+import warnings
 
 import numpy as np
 
@@ -142,24 +146,54 @@ def _first_line(e):
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-class Model:
-    """An onnxruntime session with the spec that feeds it."""
+# The graph optimizations sessions are created with; part of what a shared copy depends on.
+OPTIMIZATION = "all"
 
-    def __init__(self, onnx_bytes, spec, threads=0):
+
+def session_options(threads, save_to=None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if save_to is not None:
+        # the model as this session runs it, with every weight of 1 kB or more (the
+        # prepacked ones too) in one file beside it, which onnxruntime maps when it opens it
+        opts.optimized_model_filepath = save_to
+        for key, value in (("session.optimized_model_external_initializers_file_name", "model.weights"),
+                           ("session.optimized_model_external_initializers_min_size_in_bytes", "1024"),
+                           ("session.save_external_prepacked_constant_initializers", "1")):
+            opts.add_session_config_entry(key, value)
+    return opts
+
+
+class Model:
+    """An onnxruntime session with the spec that feeds it.
+
+    ``source`` is the ONNX bytes, or the path of a shared copy written by ``save_to`` (see
+    sharing.py): a model file whose weights onnxruntime maps instead of copying.
+    """
+
+    def __init__(self, source, spec, threads=0, save_to=None, shared=False):
         import onnxruntime as ort
 
         self.spec = spec
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
+        self.threads = int(threads)
+        self.shared = shared
         try:
-            self.session = ort.InferenceSession(bytes(onnx_bytes), sess_options=opts,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                source if isinstance(source, str) else bytes(source),
+                sess_options=session_options(threads, save_to), providers=["CPUExecutionProvider"])
         except Exception as e:
             raise ModelError(f"onnxruntime cannot load the model: {_first_line(e)}") from None
+        # onnxruntime's Python wrapper keeps the bytes it was given for as long as the session
+        # lives (only to rebuild the session when switching providers, which we never do);
+        # the session parsed them into its own tensors, so they are a dead copy of the model
+        if getattr(self.session, "_model_bytes", None) is not None:
+            self.session._model_bytes = None
         height, width = spec["size"]
         self.input_shape = (3, height, width) if spec["layout"] == "NCHW" else (height, width, 3)
 
@@ -184,29 +218,97 @@ class Model:
     def embed_many(self, items, limits, output="feature", batch_size=32, check=None):
         """Embed a list of byte strings; None items stay None. Errors name the item.
 
-        ``check``, if given, is called before each image is decoded and before each model
-        call, and may raise to stop the work: sqlapi passes one that lets PostgreSQL act on
-        a query cancel, statement_timeout or pg_terminate_backend.
+        ``check``, if given, is called before each image is decoded (or, when several
+        threads decode, before waiting for each image) and before each model call, and may
+        raise to stop the work: sqlapi passes one that lets PostgreSQL act on a query
+        cancel, statement_timeout or pg_terminate_backend.
         """
         results = [None] * len(items)
         todo = [(i, d) for i, d in enumerate(items) if d is not None]
+        workers = _workers(self.threads) if len(todo) > 1 else 1
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            arrays = []
-            for i, data in chunk:
-                if check is not None:
-                    check()
-                try:
-                    arrays.append(self.prepare(data, limits))
-                except PgvisionError as e:
-                    e.message = f"image {i + 1}: {e.message}"
-                    raise
+            batch = np.empty((len(chunk),) + self.input_shape, dtype=np.float32)
+            if workers > 1 and len(chunk) > 1:
+                self._prepare_parallel(chunk, batch, limits, check, workers)
+            else:
+                for j, (i, data) in enumerate(chunk):
+                    if check is not None:
+                        check()
+                    batch[j] = self._prepare_item(i, data, limits)
             if check is not None:
                 check()
-            out = self.run(np.stack(arrays), (output,))[0]
+            out = self.run(batch, (output,))[0]
             for (i, _), row in zip(chunk, out):
                 results[i] = row
         return results
+
+    def _prepare_item(self, i, data, limits):
+        try:
+            return self.prepare(data, limits)
+        except PgvisionError as e:
+            e.message = f"image {i + 1}: {e.message}"
+            raise
+
+    def _prepare_parallel(self, chunk, batch, limits, check, workers):
+        """Decode and resize the images of a chunk on ``workers`` threads.
+
+        Outside inference this is most of the time a batch takes, and Pillow's decoders and
+        resampling and numpy's copies release the GIL. Images are taken in order, so the
+        error raised is the first image's that fails, as when one thread does it all; only
+        this thread calls ``check`` (it runs SQL).
+        """
+        def work(j, i, data):
+            batch[j] = self._prepare_item(i, data, limits)
+
+        pool = _pool(workers)
+        # images.decode silences warnings with warnings.catch_warnings, which swaps the
+        # process-wide filter list and is not thread-safe: concurrent swaps can leave any of
+        # the lists behind. This outer one restores the list the batch started with, after
+        # every worker is done.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            futures = [pool.submit(work, j, i, data) for j, (i, data) in enumerate(chunk)]
+            try:
+                for future in futures:
+                    if check is not None:
+                        check()
+                    future.result()
+            finally:
+                for future in futures:
+                    future.cancel()
+                concurrent.futures.wait(futures)
+
+
+def _workers(threads):
+    """Threads for decoding: as many as onnxruntime's, where 0 means every core we may use."""
+    if threads > 0:
+        return threads
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+_pools = {}
+
+
+def _block_signals():
+    # PostgreSQL's handlers (query cancel, termination, latch wake-ups) belong on the
+    # backend's own thread; faults stay deliverable so a crash is still a crash
+    faults = {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.valid_signals()) - faults)
+
+
+def _pool(workers):
+    pool = _pools.get(workers)
+    if pool is None:
+        for old in _pools.values():
+            old.shutdown(wait=False)  # idle: nothing runs between calls
+        _pools.clear()
+        pool = _pools[workers] = concurrent.futures.ThreadPoolExecutor(
+            workers, thread_name_prefix="pgvision-decode", initializer=_block_signals)
+    return pool
 
 
 class Cache:
@@ -215,14 +317,47 @@ class Cache:
     def __init__(self):
         self.models = {}
 
-    def get(self, sha, threads, load):
-        """``load()`` returns (onnx_bytes, spec); called only on a miss."""
+    def get(self, sha, threads, load, shared=None, load_spec=None):
+        """``load()`` returns (onnx_bytes, spec); called only on a miss.
+
+        With ``shared`` (a sharing.SharedModels), the model is opened from the server's
+        shared copy, and ``load`` is called only to write it; ``load_spec()`` returns the
+        spec alone.
+        """
         key = (sha, threads)
         model = self.models.get(key)
-        if model is None:
-            onnx_bytes, spec = load()
-            # a different thread count for the same model replaces the old session
+        if model is None or model.sharing_asked != (shared is not None):
+            # a different thread count or sharing setting for the same model replaces the
+            # old session, which goes first so that its memory is free for the new one
             for old in [k for k in self.models if k[0] == sha]:
                 del self.models[old]
-            model = self.models[key] = Model(onnx_bytes, spec, threads)
+            model = None
+            if shared is not None:
+                model = shared.open(sha, threads, load_spec or (lambda: load()[1]), load)
+            else:
+                model = Model(*load(), threads)
+            model.sharing_asked = shared is not None
+            self.models[key] = model
+            release_free_memory()
         return model
+
+
+def release_free_memory():
+    """Give the C heap's free pages back to the system.
+
+    Loading a model frees several copies of its bytes (the registry's row, onnxruntime's
+    parse) while later allocations are still in use above them, so glibc cannot shrink its
+    heap by itself and the backend would keep that memory for the rest of its life.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None

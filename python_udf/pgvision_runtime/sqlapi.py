@@ -10,18 +10,24 @@ import os
 
 import numpy as np
 
-from . import images, models
+from . import images, models, sharing
 from .errors import (CONFIG_FILE_ERROR, DATA_EXCEPTION, DUPLICATE_OBJECT, INVALID_PARAMETER_VALUE,
                      UNDEFINED_OBJECT, ModelError, PgvisionError)
 
-# GUC name -> (default, minimum); all integers.
+# GUC name -> (default, minimum) for integers, (default, None) for booleans.
 SETTINGS = {
     "pgvision.threads": (0, 0),
     "pgvision.max_pixels": (images.DEFAULT_MAX_PIXELS, 1),
     "pgvision.max_image_bytes": (images.DEFAULT_MAX_BYTES, 1),
     "pgvision.max_model_bytes": (models.DEFAULT_MAX_MODEL_BYTES, 1),
     "pgvision.batch_size": (32, 1),
+    # off: each backend loads its own copy of a model from the registry (see sharing.py)
+    "pgvision.share_models": (True, None),
 }
+
+# PostgreSQL's spellings of a boolean (parse_bool), without the unique-prefix forms
+BOOLEANS = {"on": True, "true": True, "yes": True, "1": True,
+            "off": False, "false": False, "no": False, "0": False}
 
 
 _sql_error_class = None
@@ -71,6 +77,11 @@ class State:
         self.load = plpy.prepare(
             "SELECT onnx, spec::text AS spec FROM pgvision.models WHERE sha256 = $1 LIMIT 1",
             ["text"])
+        self.load_spec = plpy.prepare(
+            "SELECT spec::text AS spec FROM pgvision.models WHERE sha256 = $1 LIMIT 1", ["text"])
+        # a backend's working directory is the data directory: private to the server's user
+        self.shared = sharing.SharedModels(os.path.join(os.getcwd(), sharing.FOLDER),
+                                           log=plpy.debug)
         self.labels = plpy.prepare(
             "SELECT labels FROM pgvision.models WHERE name = $1", ["text"])
         self.pipeline = plpy.prepare(
@@ -94,6 +105,13 @@ def _settings(values):
     for (name, (default, minimum)), raw in zip(SETTINGS.items(), values):
         if raw is None or raw == "":
             out[name] = default
+            continue
+        if minimum is None:
+            value = BOOLEANS.get(raw.strip().lower())
+            if value is None:
+                raise PgvisionError(f'invalid value for {name}: "{raw}"', INVALID_PARAMETER_VALUE,
+                                    hint="expected on or off")
+            out[name] = value
             continue
         try:
             value = int(raw)
@@ -133,7 +151,11 @@ def model(plpy, GD, name):
         r = plpy.execute(st.load, [row["sha256"]])[0]
         return r["onnx"], json.loads(r["spec"])
 
-    return st.cache.get(row["sha256"], conf["pgvision.threads"], load), conf
+    def load_spec():
+        return json.loads(plpy.execute(st.load_spec, [row["sha256"]])[0]["spec"])
+
+    shared = st.shared if conf["pgvision.share_models"] else None
+    return st.cache.get(row["sha256"], conf["pgvision.threads"], load, shared, load_spec), conf
 
 
 def interrupt_check(plpy, GD):
@@ -158,12 +180,26 @@ def _limits(conf):
     return {"max_pixels": conf["pgvision.max_pixels"], "max_bytes": conf["pgvision.max_image_bytes"]}
 
 
+_VECTOR_FORMATS = {}
+
+
 def vector_text(arr):
-    """A float32 array as pgvector's text form; repr round-trips float32 exactly."""
+    """A float32 array as pgvector's text form, which reads back bit for bit.
+
+    PL/Python hands a vector result to pgvector's text input whatever Python returns, so
+    this text is the cheapest way in. Nine significant digits identify a float32 exactly
+    (FLT_DECIMAL_DIG), and Python's %-formatting rounds correctly; one format string for
+    the whole vector costs a third of joining each float's repr (17 digits of a double).
+    """
+    arr = np.asarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         raise PgvisionError("model produced a non-finite value", DATA_EXCEPTION,
                             hint="the model or its spec is broken for this input")
-    return "[" + ",".join(map(repr, arr.tolist())) + "]"
+    n = arr.shape[0]
+    template = _VECTOR_FORMATS.get(n)
+    if template is None:
+        template = _VECTOR_FORMATS[n] = "[" + ",".join(["%.9g"] * n) + "]"
+    return template % tuple(arr.tolist())
 
 
 @sql_errors
