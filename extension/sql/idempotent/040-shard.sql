@@ -168,6 +168,9 @@ COMMENT ON FUNCTION pgvision._shard_check(name) IS
 --     so ORDER BY feature <-> q runs on the shard;
 --   async_capable 'true': an Append of foreign scans sends the query to every shard at once;
 --   parallel_commit 'true': the end of a transaction commits on the shards at once;
+--   fdw_tuple_cost '0.2' (PostgreSQL 17's default; 15's is 0.01): a row carries a vector of
+--     kilobytes, and at 0.01 the planner would rather fetch a whole shard and sort it here
+--     than merge the shards' own ORDER BY (a query on the parent table);
 --   options '-c hnsw.iterative_scan=strict_order': each shard's index keeps reading until it
 --     has the k rows asked for (k may exceed hnsw.ef_search, or a filter may drop rows), in
 --     exact distance order, because the coordinator keeps the first k it receives.
@@ -199,6 +202,9 @@ BEGIN
     IF NOT _opts ? 'parallel_commit' THEN
         _fix := _fix || 'ADD parallel_commit ''true'''::text;
     END IF;
+    IF NOT _opts ? 'fdw_tuple_cost' THEN
+        _fix := _fix || 'ADD fdw_tuple_cost ''0.2'''::text;
+    END IF;
     IF NOT _opts ? 'options' THEN
         _fix := _fix || 'ADD options ''-c hnsw.iterative_scan=strict_order'''::text;
     ELSIF pg_catalog.strpos(_opts ->> 'options', 'hnsw.iterative_scan') = 0 THEN
@@ -208,7 +214,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision._shard_option_fixes(name) IS
-'internal: the ALTER SERVER ... OPTIONS clauses a shard''s foreign server lacks (extensions vector and pgvision, async_capable, parallel_commit, hnsw.iterative_scan in options)';
+'internal: the ALTER SERVER ... OPTIONS clauses a shard''s foreign server lacks (extensions vector and pgvision, async_capable, parallel_commit, fdw_tuple_cost, hnsw.iterative_scan in options)';
 
 CREATE OR REPLACE FUNCTION pgvision.add_shard(server name)
 RETURNS void
@@ -250,7 +256,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision.add_shard(name) IS
-'registers a postgres_fdw foreign server as a pgvision shard, first adding the options a shard needs when they are missing (extensions ''vector, pgvision'', async_capable, parallel_commit, options ''-c hnsw.iterative_scan=strict_order''); for members of pgvision_admin who own the server';
+'registers a postgres_fdw foreign server as a pgvision shard, first adding the options a shard needs when they are missing (extensions ''vector, pgvision'', async_capable, parallel_commit, fdw_tuple_cost ''0.2'', options ''-c hnsw.iterative_scan=strict_order''); for members of pgvision_admin who own the server';
 
 CREATE OR REPLACE FUNCTION pgvision.drop_shard(server name)
 RETURNS void
@@ -691,6 +697,10 @@ BEGIN
                         USING _conns[i];
                     EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %I.dblink_get_result($1) AS r(status text)', _dblink)
                         USING _conns[i];
+                    -- Every feature changed: fresh statistics on the shard, whose estimates
+                    -- the coordinator plans with (use_remote_estimate).
+                    EXECUTE pg_catalog.format('SELECT %I.dblink_exec($1, $2)', _dblink)
+                        USING _conns[i], 'ANALYZE ' || _remotes[i];
                     EXECUTE pg_catalog.format('SELECT t.r::jsonb FROM %I.dblink($1, $2) AS t(r text)', _dblink)
                         INTO _res
                         USING _conns[i], pg_catalog.format(
