@@ -24,6 +24,10 @@ if "pgvision_runtime.sqlapi" not in sys.modules:
     _before = list(sys.path)
     site.addsitedir(_site[0])
     sys.path[:] = [p for p in sys.path if p not in _before] + _before
+    # numpy's OpenBLAS starts a thread per core at import, which takes half of numpy's
+    # import time, and pgvision does no linear algebra; the postmaster's environment wins
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import pgvision_runtime.sqlapi
     GD["pgvision_runtime_path"] = _root
 from pgvision_runtime import sqlapi as pv

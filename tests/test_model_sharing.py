@@ -416,3 +416,10 @@ def test_sql_share_models_setting_is_checked(conn):
         conn.execute("SELECT pgvision.embed(%s)", [SAMPLE[2]])
     assert 'invalid value for pgvision.share_models: "sometimes"' in info.value.diag.message_primary
     conn.execute("RESET pgvision.share_models")
+
+
+def test_releasing_activation_memory_keeps_the_bits(private):
+    batch = np.stack([private.prepare(i, LIMITS) for i in SAMPLE])
+    kept = private.run(batch)[0]
+    assert same_bits(private.run(batch, release=True)[0], kept)
+    assert same_bits(private.run(batch)[0], kept)

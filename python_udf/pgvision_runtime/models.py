@@ -197,11 +197,18 @@ class Model:
         height, width = spec["size"]
         self.input_shape = (3, height, width) if spec["layout"] == "NCHW" else (height, width, 3)
 
-    def run(self, batch, outputs=("feature",)):
-        """Run a prepared batch; returns one float32 array per requested output."""
+    def run(self, batch, outputs=("feature",), release=False):
+        """Run a prepared batch; returns one float32 array per requested output.
+
+        With ``release``, onnxruntime gives back the activation memory of the run when it
+        ends. It keeps the memory of the largest batch it has run otherwise: about 9 MB per
+        image for the default model, 280 MB after a batch of 32, for the rest of the
+        connection; growing it again costs a few percent of a batch's time.
+        """
         names = [self.spec["outputs"][o] for o in outputs]
         try:
-            result = self.session.run(names, {self.spec["input"]: batch})
+            result = self.session.run(names, {self.spec["input"]: batch},
+                                      _release_options() if release else None)
         except Exception as e:
             raise PgvisionError(f"inference failed: {_first_line(e)}",
                                 EXTERNAL_ROUTINE_EXCEPTION) from None
@@ -238,9 +245,13 @@ class Model:
                     batch[j] = self._prepare_item(i, data, limits)
             if check is not None:
                 check()
-            out = self.run(batch, (output,))[0]
+            last = start + batch_size >= len(todo)
+            out = self.run(batch, (output,), release=last and len(chunk) > 1)[0]
             for (i, _), row in zip(chunk, out):
                 results[i] = row
+        if len(todo) > 1:
+            # the decoded images were freed in the decoding threads' own malloc arenas
+            release_free_memory()
         return results
 
     def _prepare_item(self, i, data, limits):
@@ -278,6 +289,19 @@ class Model:
                 for future in futures:
                     future.cancel()
                 concurrent.futures.wait(futures)
+
+
+_release = None
+
+
+def _release_options():
+    global _release
+    if _release is None:
+        import onnxruntime as ort
+
+        _release = ort.RunOptions()
+        _release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return _release
 
 
 def _workers(threads):
