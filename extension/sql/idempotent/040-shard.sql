@@ -344,7 +344,7 @@ AS $$
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_catalog.pg_foreign_table f ON f.ftrelid = c.oid
     JOIN pg_catalog.pg_foreign_server s ON s.oid = f.ftserver
-    WHERE p.isleaf AND pgvision._is_sharded(tbl)
+    WHERE p.isleaf AND (SELECT pgvision._is_sharded(tbl))  -- evaluated once
     ORDER BY s.srvname, c.oid::regclass::text
 $$;
 COMMENT ON FUNCTION pgvision._shard_tables(regclass) IS
@@ -391,16 +391,18 @@ DECLARE
     _vs text := pgvision._vector_schema();
     _cols text;
     _partial boolean;
-    _part record;
+    _parts regclass[];
+    _servers name[];
     _branches text[] := '{}';
     _left text[] := '{}';
     _msg text;
     _detail text;
 BEGIN
-    IF NOT pgvision._is_sharded(tbl)
-       OR (SELECT c.relrowsecurity FROM pg_catalog.pg_class c WHERE c.oid = tbl)
-       OR EXISTS (SELECT FROM pgvision._shard_tables(tbl) st
-                  WHERE NOT pg_catalog.has_table_privilege(st.foreign_table, 'SELECT')) THEN
+    SELECT pg_catalog.array_agg(st.foreign_table), pg_catalog.array_agg(st.server)
+    INTO _parts, _servers
+    FROM pgvision._shard_tables(tbl) st
+    HAVING pg_catalog.bool_and(pg_catalog.has_table_privilege(st.foreign_table, 'SELECT'));
+    IF _parts IS NULL OR (SELECT c.relrowsecurity FROM pg_catalog.pg_class c WHERE c.oid = tbl) THEN
         RETURN NULL;
     END IF;
     SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', a.attname), ', ' ORDER BY a.attnum) INTO _cols
@@ -411,25 +413,24 @@ BEGIN
                                    JOIN pg_catalog.pg_namespace ns ON ns.oid = ty.typnamespace
                                    WHERE ns.nspname = _vs AND ty.typname IN ('vector', 'halfvec', 'sparsevec')))
            OR a.attname = ANY (coalesce(extra_columns, '{}'))
-           OR a.attname = (SELECT k.key_column FROM pgvision._shard_key(tbl) k));
+           OR a.attnum = (SELECT p.partattrs[0] FROM pg_catalog.pg_partitioned_table p WHERE p.partrelid = tbl));
     _partial := coalesce(NULLIF(pg_catalog.current_setting('pgvision.partial_results', true), ''),
                          'off')::boolean;
-    FOR _part IN SELECT st.foreign_table, st.server FROM pgvision._shard_tables(tbl) st LOOP
+    FOR i IN 1 .. pg_catalog.cardinality(_parts) LOOP
         IF _partial THEN
             BEGIN
-                EXECUTE pg_catalog.format('SELECT FROM %s LIMIT 1', _part.foreign_table);
+                EXECUTE pg_catalog.format('SELECT FROM %s LIMIT 1', _parts[i]);
             EXCEPTION WHEN connection_exception THEN
                 GET STACKED DIAGNOSTICS _msg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-                RAISE WARNING 'shard "%" is unreachable: the results leave out its rows (%)',
-                              _part.server, _part.foreign_table
+                RAISE WARNING 'shard "%" is unreachable: the results leave out its rows (%)', _servers[i], _parts[i]
                     USING DETAIL = _msg || CASE WHEN _detail <> '' THEN ': ' || _detail ELSE '' END;
-                _left := _left || _part.server::text;
+                _left := _left || _servers[i]::text;
                 CONTINUE;
             END;
         END IF;
         -- Concatenated, never a format() template: where_clause holds the caller's filter.
         _branches := _branches || ('(SELECT ' || coalesce(_cols || ', ', '') || distance || ' AS pgvision_distance FROM '
-                                   || _part.foreign_table::text || ' AS t WHERE ' || where_clause
+                                   || _parts[i]::text || ' AS t WHERE ' || where_clause
                                    || ' ORDER BY ' || distance || ' LIMIT ' || n || ')');
     END LOOP;
     IF pg_catalog.cardinality(_branches) = 0 THEN
