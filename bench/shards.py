@@ -182,6 +182,17 @@ def run_config(n, servers, args, batch, live):
             out["single_server"] = timed_queries(c, sql, [{"q": vectors[i]} for i in measured])
             print(f"one server (local table): p50 {out['single_server']['p50_ms']:7.1f} ms,"
                   f" p99 {out['single_server']['p99_ms']:7.1f} ms", flush=True)
+            # What the coordinator spends on each vector a shard returns: postgres_fdw sends
+            # rows as text, and the distance is computed here.
+            c.execute("CREATE TEMP TABLE vector_text AS SELECT feature::text AS t FROM local_images")
+            parse = []
+            for _ in range(5):
+                with common.Clock() as clock:
+                    c.execute("SELECT count(t::vector) FROM vector_text").fetchone()
+                parse.append(clock.seconds)
+            length = c.execute("SELECT avg(length(t)) FROM vector_text").fetchone()[0]
+            out["vector_text"] = {"bytes": float(length), "parse_ms": 1000 * common.median(parse) / len(batch)}
+            print(f"vector text: {length:.0f} bytes, {out['vector_text']['parse_ms']:.3f} ms to parse", flush=True)
     # the shards' index size, for the README's estimate
     index_bytes = 0
     for s in shard_names:
@@ -219,7 +230,9 @@ in ms.
 {chr(10).join(rows)}
 
 One server, the same rows in a local table with its HNSW index: {base['p50_ms']:.1f} / {base['p99_ms']:.1f} ms.
-The shards' HNSW index: {index:,.0f} bytes per 1280-d row.
+The shards' HNSW index: {index:,.0f} bytes per 1280-d row. A feature as text (how postgres_fdw
+returns it): {results[0]['vector_text']['bytes']:,.0f} bytes, {results[0]['vector_text']['parse_ms']:.3f} ms
+for the coordinator to parse.
 
 **Caveat: all four servers share {common.machine()['cores']} cores.** A shard added here adds no
 CPU, so ingest cannot speed up with more shards (inference is the work, and one shard's

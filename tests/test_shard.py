@@ -572,6 +572,23 @@ def test_search_by_image_and_batch_through_the_coordinator(coord, photos):
     assert [(q, r) for q, r, _, _ in sharded] == [(1, 1), (1, 2), (3, 1), (3, 2)]
 
 
+def readme_block(starts):
+    """The README's SQL block that starts with ``starts``, as the README shows it."""
+    text = (HERE.parent / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```sql\n")[1:]]
+    return next(b for b in blocks if b.startswith(starts))
+
+
+def test_the_readme_query_with_one_branch_per_shard(coord_admin, photos):
+    sql = readme_block("WITH q AS MATERIALIZED").replace("images_shard", "photos_shard").replace("class", "name")
+    plan = "\n".join(r[0] for r in coord_admin.execute("EXPLAIN VERBOSE " + sql))
+    assert plan.count("Async Foreign Scan on public.photos_shard") == 3, plan
+    assert plan.count("ASC NULLS LAST LIMIT 10::bigint") == 3, plan
+    rows = coord_admin.execute(sql).fetchall()
+    assert len(rows) == len(photos) and rows[0][:2] == (1, "dog") and rows[0][2] < 1e-4
+    assert [r[2] for r in rows] == sorted(r[2] for r in rows)
+
+
 # ---------------------------------------------------------------------------------------
 # a shard goes down (last: the module's other tests need all three)
 
