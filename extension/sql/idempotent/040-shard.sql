@@ -388,7 +388,7 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    _vs text := pgvision._vector_schema();
+    _vs text;
     _cols text;
     _partial boolean;
     _parts regclass[];
@@ -398,6 +398,9 @@ DECLARE
     _msg text;
     _detail text;
 BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = tbl AND c.relkind = 'p') THEN
+        RETURN NULL;  -- the common case, decided at the cost of one catalog lookup
+    END IF;
     SELECT pg_catalog.array_agg(st.foreign_table), pg_catalog.array_agg(st.server)
     INTO _parts, _servers
     FROM pgvision._shard_tables(tbl) st
@@ -405,6 +408,7 @@ BEGIN
     IF _parts IS NULL OR (SELECT c.relrowsecurity FROM pg_catalog.pg_class c WHERE c.oid = tbl) THEN
         RETURN NULL;
     END IF;
+    _vs := pgvision._vector_schema();
     SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', a.attname), ', ' ORDER BY a.attnum) INTO _cols
     FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
