@@ -423,3 +423,31 @@ def test_releasing_activation_memory_keeps_the_bits(private):
     kept = private.run(batch)[0]
     assert same_bits(private.run(batch, release=True)[0], kept)
     assert same_bits(private.run(batch)[0], kept)
+
+
+def test_copy_written_with_one_thread_serves_any_thread_count(store, default_model, private):
+    open_model(store, default_model, threads=1)
+    two = open_model(store, default_model, threads=2, load=lambda: pytest.fail("copy not reused"))
+    assert two.shared
+    for image in SAMPLE:
+        assert same_bits(two.embed(image, LIMITS), private.embed(image, LIMITS))
+    assert all(same_bits(a, b) for a, b in zip(two.embed_many(SAMPLE, LIMITS),
+                                               private.embed_many(SAMPLE, LIMITS)))
+
+
+def test_model_without_large_weights_is_shared_too(store):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["feature"])],
+        "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("feature", TensorProto.FLOAT, ["N", 3])])
+    onnx_bytes = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                   ir_version=8).SerializeToString()
+    spec = specs.validate({"input": "image", "size": [8, 8], "scale": 255.0,
+                           "outputs": {"feature": "feature"}})
+    model = store.open(models.sha256(onnx_bytes), 1, lambda: spec, lambda: (onnx_bytes, spec))
+    assert model.shared and store.logged == []
+    feature = model.embed(encode(images.Image.new("RGB", (8, 8), (255, 51, 0))), LIMITS)
+    assert np.allclose(feature, [1.0, 0.2, 0.0])

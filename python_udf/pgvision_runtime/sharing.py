@@ -198,6 +198,9 @@ class SharedModels:
         del onnx_bytes
         try:
             files = {}
+            if not os.path.exists(os.path.join(tmp, WEIGHTS)):
+                # a model without any weight of 1 kB or more: all of it is in the graph file
+                os.close(os.open(os.path.join(tmp, WEIGHTS), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             for name in (GRAPH, WEIGHTS):
                 path = os.path.join(tmp, name)
                 os.chmod(path, 0o600)
