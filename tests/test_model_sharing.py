@@ -6,6 +6,7 @@ safe: private to the server's user, written atomically, checked by sha256 on eve
 The unit tests run without PostgreSQL; the last ones run against the test server.
 """
 
+import ast
 import ctypes
 import json
 import multiprocessing
@@ -451,3 +452,20 @@ def test_model_without_large_weights_is_shared_too(store):
     assert model.shared and store.logged == []
     feature = model.embed(encode(images.Image.new("RGB", (8, 8), (255, 51, 0))), LIMITS)
     assert np.allclose(feature, [1.0, 0.2, 0.0])
+
+
+def test_decoding_loads_only_the_openers_it_uses():
+    # run in a fresh interpreter: this one may have imported other plugins already
+    import subprocess
+    import sys
+
+    code = ("import sys; from pgvision_runtime import images; from data import photo, encode; "
+            "from PIL import Image; "
+            "[images.decode(encode(Image.new('RGB', (4, 4)), f)) for f in ('PNG', 'GIF', 'BMP', 'TIFF', 'WEBP')]; "
+            "images.decode(photo('dog')); "
+            "print(sorted(m.split('.')[-1] for m in sys.modules if m.endswith('ImagePlugin')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=pathlib.Path(__file__).parent).stdout
+    loaded = set(ast.literal_eval(out))
+    assert loaded <= {"BmpImagePlugin", "GifImagePlugin", "JpegImagePlugin", "PngImagePlugin",
+                      "TiffImagePlugin", "WebPImagePlugin", "PpmImagePlugin", "MpoImagePlugin"}, loaded
