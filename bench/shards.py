@@ -28,6 +28,7 @@ of the per-query times).
 """
 
 import argparse
+import os
 import random
 import threading
 import time
@@ -209,7 +210,7 @@ def run_config(n, servers, args, batch, live):
     return out
 
 
-def markdown(results, args):
+def markdown(results, args, load):
     rows = []
     base = results[0].get("single_server")
     base_like = results[0].get("single_server_search_like")
@@ -241,7 +242,8 @@ The shards' HNSW index: {index:,.0f} bytes per 1280-d row. A feature as text (ho
 returns it): {results[0]['vector_text']['bytes']:,.0f} bytes, {results[0]['vector_text']['parse_ms']:.3f} ms
 for the coordinator to parse.
 
-**Caveat: all four servers share {common.machine()['cores']} cores.** A shard added here adds no
+**Caveat: all four servers share {common.machine()['cores']} cores** (load average {load['before']:.1f} when
+the run started, {load['after']:.1f} when it ended: other work shared them too). A shard added here adds no
 CPU: inference is the work, and one shard's onnxruntime already uses every core, so more
 shards cannot ingest faster on this machine (with {last['shards']} shards the backfill ran at
 {last['backfill_images_per_s'] / one['backfill_images_per_s']:.2f} times the one-shard rate, the
@@ -264,6 +266,7 @@ def main():
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--shards", type=int, nargs="+", default=[1, 2, 3])
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
     batch = images(args.images)
     live = [(args.images + i, c, img) for i, c, img in images(args.live, offset=args.images)]
     started = time.monotonic()
@@ -279,9 +282,11 @@ def main():
         for s in entered:
             s.__exit__(None, None, None)
     took = time.monotonic() - started
-    print(f"done in {took / 60:.1f} min")
+    load = {"before": load_before, "after": os.getloadavg()[0]}
+    print(f"done in {took / 60:.1f} min (load average {load['before']:.1f} before, {load['after']:.1f} after)")
     common.write_results("shards", {"images": args.images, "live": args.live, "queries": args.queries,
-                                    "k": K, "results": results, "seconds": took}, markdown(results, args))
+                                    "k": K, "results": results, "seconds": took, "load_average": load},
+                         markdown(results, args, load))
 
 
 if __name__ == "__main__":
