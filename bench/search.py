@@ -4,13 +4,15 @@
 
 Base: the pooled features of the 60,000 Fashion-MNIST train images (bench/features.py,
 bit-identical to pgvision.embed); queries: the 10,000 test images' features. The truth is
-exact top-10 by L2 in float64 over the full float32 vectors (numpy). Contenders, all with
-m = 16 and ef_construction = 64:
+exact top-10 in float64 over the full float32 vectors (numpy) by the metric searched:
+cosine, the default of pgvision.create_index and of the search functions (bench/quality.py
+has why), or l2 with ``--metric l2``. Contenders, all with m = 16 and ef_construction = 64:
 
 - **vector**: pgvector's HNSW index on the vector(1280) column (pgvision.create_index);
 - **halfvec**: the same on feature::halfvec(1280) (create_index(..., halfvec => true)),
   judged against the same full-precision truth;
-- **FAISS**: IndexHNSWFlat(1280, 16), efConstruction 64, one OpenMP thread.
+- **FAISS**: IndexHNSWFlat(1280, 16), efConstruction 64, one OpenMP thread; for cosine on
+  L2-normalised vectors (the same ranking; pgvector's cosine HNSW index normalises too).
 
 One client, one query at a time: a prepared ``SELECT id ... ORDER BY ... LIMIT 10`` with
 the query vector as a binary parameter, timed in the client around execute + fetch; FAISS
@@ -39,9 +41,13 @@ M, EF_CONSTRUCTION, K = 16, 64, 10
 # table and both indexes, so searches read memory, as on a server sized for its index.
 SETTINGS = {"maintenance_work_mem": "1GB", "max_parallel_maintenance_workers": "0",
             "shared_buffers": "2GB", "max_wal_size": "8GB", "checkpoint_timeout": "30min"}
+# The same client, driver and vector parameter, with no search: what of pgvector's latency
+# is the round trip and not the index.
+FLOOR_SQL = "SELECT %b::vector IS NULL"
+OPERATOR = {"l2": "<->", "cosine": "<=>"}
 SQL = {
-    "vector": "SELECT id FROM items ORDER BY feature <-> %b LIMIT 10",
-    "halfvec": "SELECT id FROM items ORDER BY feature::halfvec(1280) <-> %b::halfvec(1280) LIMIT 10",
+    "vector": "SELECT id FROM items ORDER BY feature {op} %b LIMIT 10",
+    "halfvec": "SELECT id FROM items ORDER BY feature::halfvec(1280) {op} %b::halfvec(1280) LIMIT 10",
 }
 CONTENDERS = ("vector", "halfvec", "FAISS")
 
@@ -75,8 +81,9 @@ def exact(base, queries, k=K, block=500):
     return ids, dist
 
 
-def truth(base, queries):
-    path = features.folder(features.load_model()) / f"search-truth-{len(base)}-{len(queries)}.npz"
+def truth(base, queries, metric):
+    """``base`` and ``queries`` already normalised for cosine, where L2 ranks the same."""
+    path = features.folder(features.load_model()) / f"search-truth-{metric}-{len(base)}-{len(queries)}.npz"
     if path.exists():
         t = np.load(path)
         return t["ids"], t["dist"]
@@ -100,14 +107,14 @@ def recall(found, truth_ids, truth_dist, base, queries):
 # ---------------------------------------------------------------- contenders
 
 class Pg:
-    def __init__(self, name, conninfo, index):
+    def __init__(self, name, conninfo, index, metric):
         from pgvector.psycopg import register_vector
 
         self.name = name
         self.conn = psycopg.connect(conninfo, autocommit=True)
         register_vector(self.conn)
         self.cur = self.conn.cursor()
-        self.sql = SQL[name]
+        self.sql = SQL[name].format(op=OPERATOR[metric])
         self.index = index
 
     def set_ef(self, ef):
@@ -117,8 +124,8 @@ class Pg:
         rows = self.conn.execute("EXPLAIN (COSTS OFF) " + self.sql, [q]).fetchall()
         return "\n".join(r[0] for r in rows)
 
-    def run(self, queries):
-        cur, sql, clock = self.cur, self.sql, time.perf_counter
+    def run(self, queries, sql=None):
+        cur, sql, clock = self.cur, sql or self.sql, time.perf_counter
         ids, times = [], []
         for q in queries:
             t = clock()
@@ -184,41 +191,57 @@ def plot(result, path):
         for p in pts:
             axes[0].annotate(str(p["ef_search"]), (p["p50_ms"], p["recall"]), fontsize=6,
                              xytext=(3, -8), textcoords="offset points", color=color)
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     for ax in axes:
         ax.axhline(0.99, color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("recall@10")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].axvline(3.0, color="grey", linestyle=":", linewidth=1)
+    axes[0].set_xticks([0.1, 0.2, 0.5, 1, 2, 5, 10])
+    axes[1].set_xticks([100, 200, 500, 1000, 2000, 5000, 10000])
     axes[0].set_xlabel("p50 latency per query, ms (one client)")
     axes[1].set_xlabel("queries per second (one client)")
     axes[0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"HNSW m {M}, ef_construction {EF_CONSTRUCTION}: 60,000 Fashion-MNIST features "
-                 "(1280-d), 10,000 queries; labels: ef_search", fontsize=9)
+    fig.suptitle(f"HNSW m {M}, ef_construction {EF_CONSTRUCTION}, {result['metric']}: "
+                 f"{result['base']:,} Fashion-MNIST features (1280-d), {result['queries']:,} queries; "
+                 "labels: ef_search", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def report(result, plot_file):
     b = result["builds"]
+    cosine = result["metric"] == "cosine"
+    op = OPERATOR[result["metric"]]
     lines = [
         "## 3. Search",
         "",
         f"{result['base']:,} Fashion-MNIST train features (1280-d, the default model's pooled "
         f"output, bit-identical to `pgvision.embed`) as the table, the {result['queries']:,} test "
-        "features as queries; the truth is exact top-10 by L2 in float64 (numpy). HNSW with "
-        f"m {M}, ef_construction {EF_CONSTRUCTION} everywhere: pgvector's index on the `vector` "
+        "features as queries; the truth is exact top-10 in float64 (numpy) by "
+        + ("cosine distance, the metric `pgvision.create_index` and the search functions use by "
+           "default (section 4 has why)" if cosine else "L2") + ". HNSW with "
+        f"m {M}, ef_construction {EF_CONSTRUCTION} everywhere: pgvector's "
+        f"`{'vector_cosine_ops' if cosine else 'vector_l2_ops'}` index on the `vector` "
         "column and on `feature::halfvec(1280)` (both from `pgvision.create_index`, on one "
         "throwaway server with shared_buffers 2GB, so the table and both indexes stay in memory), "
         f"and FAISS `IndexHNSWFlat(1280, {M})` with efConstruction {EF_CONSTRUCTION} as the "
-        "dedicated-library reference. Single client, one query at a time, one thread on each "
+        "dedicated-library reference"
+        + (" (on L2-normalised vectors, which rank as cosine does; pgvector's cosine index "
+           "normalises too)" if cosine else "") + ". Single client, one query at a time, one thread on each "
         "side: pgvector runs each query in one backend; FAISS runs with "
         "`faiss.omp_set_num_threads(1)`. Latency is measured in the client around a prepared "
-        "`SELECT id FROM items ORDER BY feature <-> $1 LIMIT 10` (vector as a binary parameter) "
+        f"`SELECT id FROM items ORDER BY feature {op} $1 LIMIT 10` (vector as a binary parameter) "
         "and around FAISS's `index.search` of one query; QPS is queries over the sum of those "
         "times. Every ef_search runs all queries for every contender, in "
         f"{result['chunks']} chunks, the contenders alternating chunk by chunk in a rotating "
-        "order. Recall@10 counts a returned row as right when its exact distance is at most the "
+        "order. Of pgvector's latency, the round trip alone (the same prepared statement, "
+        f"driver and vector parameter, `SELECT $1::vector IS NULL`) is {result['round_trip_p50_ms']:.2f} "
+        "ms p50. Recall@10 counts a returned row as right when its exact distance is at most the "
         f"true 10th distance ({result['ties']} of the queries have a tie at the 10th place; the "
         f"strict form differs by at most {result['strict_gap']:.4f}).",
         "",
@@ -271,6 +294,7 @@ def report(result, plot_file):
         "",
         f"Reproduce: `make bench BENCH=search` or `build/venv/bin/python bench/search.py "
         f"--ef {' '.join(map(str, result['ef_search']))} --chunks {result['chunks']}"
+        + ("" if cosine else " --metric l2")
         + ("" if (result["base"], result["queries"]) == (60000, 10000)
            else f" --base {result['base']} --queries {result['queries']}") + "` "
         "(the features come from `bench/features.py`, computed once).",
@@ -298,13 +322,13 @@ def load_table(conninfo, base):
         return c.execute("SELECT pg_total_relation_size('items') - pg_indexes_size('items')").fetchone()[0]
 
 
-def build_pg(conninfo, halfvec):
+def build_pg(conninfo, halfvec, metric):
     with psycopg.connect(conninfo, autocommit=True) as c:
         c.add_notice_handler(lambda n: print("  server:", n.message_primary))
         with common.Clock() as clock:
-            name = c.execute("SELECT pgvision.create_index('items', 'feature', m => %s, "
+            name = c.execute("SELECT pgvision.create_index('items', 'feature', metric => %s, m => %s, "
                              "ef_construction => %s, halfvec => %s)",
-                             [M, EF_CONSTRUCTION, halfvec]).fetchone()[0]
+                             [metric, M, EF_CONSTRUCTION, halfvec]).fetchone()[0]
         size = c.execute("SELECT pg_relation_size(%s::regclass)", [name]).fetchone()[0]
         c.execute("SELECT pg_prewarm(%s::regclass)", [name])
     return name, clock.seconds, size
@@ -328,11 +352,17 @@ def main():
     ap.add_argument("--port", type=int, default=54333)
     ap.add_argument("--base", type=int, default=60000, help="first N train images (a quick run)")
     ap.add_argument("--queries", type=int, default=10000, help="first N test images")
+    ap.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
     args = ap.parse_args()
 
     base = np.ascontiguousarray(features.load("train")[:args.base], dtype=np.float32)
     queries = np.ascontiguousarray(features.load("test")[:args.queries], dtype=np.float32)
-    truth_ids, truth_dist = truth(base, queries)
+    # the table holds what pgvision.embed returns; the truth and FAISS see the vectors the
+    # metric compares (unit vectors for cosine, where L2 ranks as cosine does)
+    unit = ((lambda x: np.ascontiguousarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32))
+            if args.metric == "cosine" else (lambda x: x))
+    ubase, uqueries = unit(base), unit(queries)
+    truth_ids, truth_dist = truth(ubase, uqueries, args.metric)
     ties = int(np.sum(truth_dist[:, K - 1] == truth_dist[:, K]))
     print(f"{len(base)} base, {len(queries)} queries; {ties} with a tie at the 10th place", flush=True)
 
@@ -343,25 +373,26 @@ def main():
                    "-w", "-t", "120", "restart")
         table_bytes = load_table(server.conninfo, base)
         # builds alternate the two sides: vector, FAISS, halfvec
-        name, secs, size = build_pg(server.conninfo, False)
+        name, secs, size = build_pg(server.conninfo, False, args.metric)
         builds["vector"] = {"index": name, "seconds": secs, "mb": size / 2**20}
         print(f"vector index {name}: {secs:.1f} s, {size / 2**20:.0f} MB", flush=True)
-        index, secs, size = build_faiss(base)
+        index, secs, size = build_faiss(ubase)
         builds["FAISS"] = {"seconds": secs, "mb": size / 2**20}
         print(f"FAISS index: {secs:.1f} s, {size / 2**20:.0f} MB", flush=True)
-        name, secs, size = build_pg(server.conninfo, True)
+        name, secs, size = build_pg(server.conninfo, True, args.metric)
         builds["halfvec"] = {"index": name, "seconds": secs, "mb": size / 2**20}
         print(f"halfvec index {name}: {secs:.1f} s, {size / 2**20:.0f} MB", flush=True)
 
-        contenders = [Pg("vector", server.conninfo, builds["vector"]["index"]),
-                      Pg("halfvec", server.conninfo, builds["halfvec"]["index"]), Faiss(index)]
+        contenders = [Pg("vector", server.conninfo, builds["vector"]["index"], args.metric),
+                      Pg("halfvec", server.conninfo, builds["halfvec"]["index"], args.metric), Faiss(index)]
+        inputs = {"vector": queries, "halfvec": queries, "FAISS": uqueries}
         for ct in contenders[:2]:
             plan = ct.plan(queries[0])
             if ct.index not in plan:
                 raise SystemExit(f"{ct.name}: the query does not use {ct.index}:\n{plan}")
             ct.set_ef(40)
             ct.run(queries[:200])  # warm the prepared statement and the caches
-        contenders[2].run(queries[:200])
+        contenders[2].run(uqueries[:200])
 
         bounds = np.linspace(0, len(queries), args.chunks + 1).astype(int)
         sweep = {ct.name: [] for ct in contenders}
@@ -375,11 +406,11 @@ def main():
                 order = contenders[turn % 3:] + contenders[:turn % 3]
                 turn += 1
                 for ct in order:
-                    ids, ts = ct.run(queries[lo:hi])
+                    ids, ts = ct.run(inputs[ct.name][lo:hi])
                     found[ct.name] += ids
                     times[ct.name] += ts
             for ct in contenders:
-                strict, tie_aware = recall(found[ct.name], truth_ids, truth_dist, base, queries)
+                strict, tie_aware = recall(found[ct.name], truth_ids, truth_dist, ubase, uqueries)
                 t = np.asarray(times[ct.name])
                 point = {"ef_search": ef, "recall": tie_aware, "recall_strict": strict,
                          "p50_ms": 1e3 * float(np.median(t)), "p99_ms": 1e3 * common.percentile(t, 99),
@@ -388,6 +419,11 @@ def main():
                 print(f"ef_search {ef:>4} {ct.name:<8} recall@10 {tie_aware:.4f} (strict {strict:.4f}) "
                       f"p50 {point['p50_ms']:.2f} ms p99 {point['p99_ms']:.2f} ms {point['qps']:,.0f} QPS",
                       flush=True)
+        floor = []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            floor += contenders[0].run(queries[lo:lo + 200], FLOOR_SQL)[1]
+        floor_ms = 1e3 * float(np.median(floor))
+        print(f"round trip without a search: p50 {floor_ms:.2f} ms", flush=True)
         for ct in contenders[:2]:
             ct.conn.close()
 
@@ -403,10 +439,10 @@ def main():
         ok = [p for p in sweep[name] if p["recall"] >= 0.99]
         target[name] = ({**ok[0], "met": ok[0]["p50_ms"] < 3.0} if ok else None)
 
-    result = {"base": len(base), "queries": len(queries), "m": M, "ef_construction": EF_CONSTRUCTION,
+    result = {"base": len(base), "queries": len(queries), "metric": args.metric, "m": M, "ef_construction": EF_CONSTRUCTION,
               "ef_search": args.ef, "chunks": args.chunks, "settings": SETTINGS, "ties": ties,
               "strict_gap": max(abs(p["recall"] - p["recall_strict"]) for n in CONTENDERS for p in sweep[n]),
-              "table_mb": table_bytes / 2**20, "builds": builds, "sweep": sweep,
+              "round_trip_p50_ms": floor_ms, "table_mb": table_bytes / 2**20, "builds": builds, "sweep": sweep,
               "equal_recall": equal, "target": target}
     for t, row in equal.items():
         print(f"recall {t}: " + ", ".join(f"{k} {v if v is None or isinstance(v, float) else v[0]:.3g}"
