@@ -54,7 +54,9 @@ def items(server):
         with c.cursor() as cur, cur.copy(f"COPY {ITEMS_SQL} (id, album, class, feature) FROM STDIN") as cp:
             for i, a, k, f in zip(IDS, ALBUM, CLASS, FEATURES):
                 cp.write_row([int(i), int(a), str(k), "[" + ",".join(map(repr, f.tolist())) + "]"])
-        index = c.execute("SELECT pgvision.create_index(%s, 'feature')", [ITEMS_SQL]).fetchone()[0]
+        # l2, which the search functions then default to, and which the plain <-> SQL here uses
+        index = c.execute("SELECT pgvision.create_index(%s, 'feature', metric => 'l2')",
+                          [ITEMS_SQL]).fetchone()[0]
         c.execute(f"ANALYZE {ITEMS_SQL}")
     yield index
 
@@ -97,12 +99,12 @@ def l2(i):
 # ---------------------------------------------------------------------------------------
 # create_index
 
-def test_create_index_defaults_to_hnsw_l2(conn):
+def test_create_index_defaults_to_hnsw_cosine(conn):
     small_table(conn)
     name = conn.execute("SELECT pgvision.create_index('t', 'feature')").fetchone()[0]
-    assert name == "t_feature_hnsw_l2_idx"
+    assert name == "t_feature_hnsw_cosine_idx"
     d = indexdef(conn, name)
-    assert "USING hnsw (feature vector_l2_ops) WITH (m='16', ef_construction='64')" in d, d
+    assert "USING hnsw (feature vector_cosine_ops) WITH (m='16', ef_construction='64')" in d, d
 
 
 def test_create_index_ivfflat_cosine_lists_default_is_clamped(conn):
@@ -130,7 +132,7 @@ def test_create_index_numbers_a_taken_name(conn):
     small_table(conn)
     first = conn.execute("SELECT pgvision.create_index('t', 'feature')").fetchone()[0]
     second = conn.execute("SELECT pgvision.create_index('t', 'feature')").fetchone()[0]
-    assert (first, second) == ("t_feature_hnsw_l2_idx", "t_feature_hnsw_l2_idx1")
+    assert (first, second) == ("t_feature_hnsw_cosine_idx", "t_feature_hnsw_cosine_idx1")
 
 
 INDEX_ERRORS = [
@@ -268,6 +270,24 @@ def test_search_like_leaves_the_row_out_and_sorts_by_distance(conn, items):
     exact = [i for i in np.argsort(l2(QUERY_ID)) + 1 if i != QUERY_ID][:5]
     assert len({int(r[0]) for r in rows} & set(exact)) >= 4
     assert abs(rows[0][1] - l2(QUERY_ID)[int(rows[0][0]) - 1]) < 1e-5
+
+
+def test_search_metric_defaults_to_the_column_index(conn):
+    small_table(conn)
+    like = "SELECT id, distance, similarity FROM pgvision.search_like('t', 1, k => 5{})"
+    unindexed = conn.execute(like.format("")).fetchall()
+    assert unindexed == conn.execute(like.format(", metric => 'l2'")).fetchall()
+    # an index on an expression serves no search, so it sets no metric
+    conn.execute("SELECT pgvision.create_index('t', 'feature', metric => 'ip', halfvec => true)")
+    assert conn.execute(like.format("")).fetchall() == unindexed
+    conn.execute("SELECT pgvision.create_index('t', 'feature')")
+    cosine = conn.execute(like.format("")).fetchall()
+    assert cosine == conn.execute(like.format(", metric => 'cosine'")).fetchall()
+    assert all(abs(s - (1 - d)) < 1e-9 for _, d, s in cosine)
+    assert conn.execute(like.format(", metric => 'l2'")).fetchall() == unindexed
+    # several metrics: l2, what the search functions did before there was an index to follow
+    conn.execute("SELECT pgvision.create_index('t', 'feature', metric => 'l2')")
+    assert conn.execute(like.format("")).fetchall() == unindexed
 
 
 def test_search_like_takes_an_untyped_key(conn, items):

@@ -45,7 +45,7 @@ COMMENT ON FUNCTION pgvision._vector_column(regclass, name) IS
 CREATE OR REPLACE FUNCTION pgvision.create_index(
     tbl regclass,
     column_name name,
-    metric text DEFAULT 'l2',
+    metric text DEFAULT 'cosine',  -- measured best for the default model: bench/quality.py
     method text DEFAULT 'hnsw',
     m int DEFAULT 16,
     ef_construction int DEFAULT 64,
@@ -143,7 +143,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision.create_index(regclass, name, text, text, int, int, int, boolean, text) IS
-'creates a pgvector index on a vector column and returns its name (in the table''s schema; default <table>_<column>_<method>_<metric>_idx). metric: l2 (<->), cosine (<=>) or ip (<#>); method: hnsw (m, ef_construction) or ivfflat (lists; default rows/1000 clamped to [10, 10000], counted when the index is built, so load the data first). halfvec => true indexes (column::halfvec(dim)), half the size, used by queries that order by that same expression. Runs as the caller, who must own the table; for CREATE INDEX CONCURRENTLY write the DDL yourself';
+'creates a pgvector index on a vector column and returns its name (in the table''s schema; default <table>_<column>_<method>_<metric>_idx). metric: cosine (<=>, the default, which the search functions then use), l2 (<->) or ip (<#>); method: hnsw (m, ef_construction) or ivfflat (lists; default rows/1000 clamped to [10, 10000], counted when the index is built, so load the data first). halfvec => true indexes (column::halfvec(dim)), half the size, used by queries that order by that same expression. Runs as the caller, who must own the table; for CREATE INDEX CONCURRENTLY write the DDL yourself';
 
 -- AnalyticDB: CREATE INDEX ... USING ann (feature) WITH (dim = '1280', hnsw_m = '16', ...).
 CREATE OR REPLACE FUNCTION pgvision.create_ann_index(tbl regclass, column_name name, options jsonb,

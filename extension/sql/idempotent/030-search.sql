@@ -2,6 +2,33 @@
 -- argument, the result has a fixed shape. The plain SQL form (ORDER BY feature <-> q LIMIT k)
 -- stays the fastest and most flexible way; these build that query for the caller.
 
+-- The metric a search uses when none is given: the one the column is indexed for, so the
+-- query can use that index. bench/quality.py measured cosine above l2 on the default model's
+-- feature, so pgvision.create_index builds cosine indexes by default; a column without a
+-- pgvector index (a small table, a sharded table whose indexes live on the shards) keeps l2,
+-- so calls made before there was a choice keep their results.
+CREATE OR REPLACE FUNCTION pgvision._index_metric(tbl regclass, column_name name)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.substring(o.opcname::text, '^vector_(l2|cosine|ip)_ops$')
+    FROM pg_catalog.pg_index i
+    JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+    JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+    JOIN pg_catalog.pg_opclass o ON o.oid = i.indclass[0]
+    JOIN pg_catalog.pg_namespace n ON n.oid = o.opcnamespace
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+    WHERE i.indrelid = _index_metric.tbl AND a.attname = _index_metric.column_name
+      AND i.indisvalid AND am.amname IN ('hnsw', 'ivfflat')
+      AND n.nspname = pgvision._vector_schema()
+      AND o.opcname IN ('vector_l2_ops', 'vector_cosine_ops', 'vector_ip_ops')
+    ORDER BY o.opcname <> 'vector_l2_ops', i.indexrelid  -- several: l2 if one is l2, else the oldest
+    LIMIT 1
+$$;
+COMMENT ON FUNCTION pgvision._index_metric(regclass, name) IS
+'internal: the metric (l2, cosine or ip) of the pgvector index (hnsw or ivfflat) on a vector column, l2 first when there are several; NULL without one';
+
 -- The engine behind search, search_batch and search_like. queries are vectors in their text
 -- form (the public functions take images or keys, so no signature needs pgvector's schema).
 -- Iterative index scans (pgvector 0.8) keep reading the index until k rows pass the filter;
@@ -27,7 +54,8 @@ SET ivfflat.iterative_scan = relaxed_order
 AS $$
 DECLARE
     _vs text;
-    _metric text := pg_catalog.lower(_search.metric);
+    _metric text := pg_catalog.lower(coalesce(_search.metric,
+                                              pgvision._index_metric(tbl, feature_column), 'l2'));
     _op text;
     _dist text;
     _sim text;
@@ -46,8 +74,8 @@ DECLARE
     _beyond boolean;
     _union text;
 BEGIN
-    IF tbl IS NULL OR feature_column IS NULL OR _metric IS NULL THEN
-        RAISE EXCEPTION 'tbl, feature_column and metric must not be null' USING ERRCODE = 'null_value_not_allowed';
+    IF tbl IS NULL OR feature_column IS NULL THEN
+        RAISE EXCEPTION 'tbl and feature_column must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     IF k IS NULL OR k < 1 THEN
         RAISE EXCEPTION 'k must be at least 1, not %', coalesce(k::text, 'null')
@@ -191,7 +219,7 @@ CREATE OR REPLACE FUNCTION pgvision.search(
     query bytea,
     k int DEFAULT 10,
     feature_column name DEFAULT 'feature',
-    metric text DEFAULT 'l2',
+    metric text DEFAULT NULL,
     filter text DEFAULT NULL,
     model text DEFAULT 'efficientnet_lite0',
     group_by name DEFAULT NULL,
@@ -207,14 +235,14 @@ AS $$
                                    filter, group_by, max_distance, min_similarity, expand, NULL)
 $$;
 COMMENT ON FUNCTION pgvision.search(regclass, bytea, int, name, text, text, text, name, double precision, double precision, int) IS
-'the k rows of a table whose feature is nearest to an image''s, nearest first: query_no (1), rank, id (the primary key as text), distance (l2: <->, cosine: <=>, ip: <#>, the negative inner product), similarity (cosine: 1 - distance, ip: the inner product, l2: null), item (the row as jsonb without vector and bytea columns). filter is a SQL condition on the table''s columns, run as the caller with search_path = pg_catalog, pg_temp (qualify your own functions); iterative index scans return k rows when k rows match it. group_by keeps the best row per value of a column; max_distance and min_similarity (cosine, ip) drop farther rows; expand => n searches again with a query made half of the original and half of the mean of its n nearest rows';
+'the k rows of a table whose feature is nearest to an image''s, nearest first: query_no (1), rank, id (the primary key as text), distance (l2: <->, cosine: <=>, ip: <#>, the negative inner product), similarity (cosine: 1 - distance, ip: the inner product, l2: null), item (the row as jsonb without vector and bytea columns). metric defaults to the one the column''s pgvector index was built for (pgvision.create_index builds cosine ones), l2 when it has none. filter is a SQL condition on the table''s columns, run as the caller with search_path = pg_catalog, pg_temp (qualify your own functions); iterative index scans return k rows when k rows match it. group_by keeps the best row per value of a column; max_distance and min_similarity (cosine, ip) drop farther rows; expand => n searches again with a query made half of the original and half of the mean of its n nearest rows';
 
 CREATE OR REPLACE FUNCTION pgvision.search_batch(
     tbl regclass,
     queries bytea[],
     k int DEFAULT 10,
     feature_column name DEFAULT 'feature',
-    metric text DEFAULT 'l2',
+    metric text DEFAULT NULL,
     filter text DEFAULT NULL,
     model text DEFAULT 'efficientnet_lite0',
     group_by name DEFAULT NULL,
@@ -244,7 +272,7 @@ CREATE OR REPLACE FUNCTION pgvision.search_like(
     key text,
     k int DEFAULT 10,
     feature_column name DEFAULT 'feature',
-    metric text DEFAULT 'l2',
+    metric text DEFAULT NULL,
     filter text DEFAULT NULL,
     group_by name DEFAULT NULL,
     max_distance double precision DEFAULT NULL,
@@ -305,7 +333,7 @@ CREATE OR REPLACE FUNCTION pgvision.search_like(
     key anyelement,
     k int DEFAULT 10,
     feature_column name DEFAULT 'feature',
-    metric text DEFAULT 'l2',
+    metric text DEFAULT NULL,
     filter text DEFAULT NULL,
     group_by name DEFAULT NULL,
     max_distance double precision DEFAULT NULL,
