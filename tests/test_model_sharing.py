@@ -313,9 +313,24 @@ def test_vector_text_refuses_non_finite():
 # ------------------------------------------------------------------------ parallel decoding
 
 @pytest.fixture(scope="module")
-def two_threads(default_model):
+def two_model(default_model):
     onnx_bytes, spec, _ = default_model
     return models.Model(onnx_bytes, spec, threads=2)
+
+
+@pytest.fixture
+def two_threads(two_model, monkeypatch):
+    # every chunk on the threads, thumbnails too
+    monkeypatch.setattr(models, "PARALLEL_MIN_SECONDS", 0.0)
+    return two_model
+
+
+def test_thumbnails_are_decoded_on_one_thread(two_model, monkeypatch):
+    submitted = []
+    monkeypatch.setattr(models.Model, "_prepare_parallel",
+                        lambda self, *args: submitted.append(args))
+    two_model.embed_many([png for _, _, png in fashion_sample(1)], LIMITS)
+    assert submitted == []
 
 
 def test_parallel_decoding_gives_the_same_bits(two_threads, private):

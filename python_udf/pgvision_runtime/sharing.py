@@ -8,9 +8,9 @@ in a file of their own. onnxruntime maps such a file into memory read-only inste
 reading it, so every backend that opens the copy uses the same pages of the page cache.
 
 The copies live in the data directory (a backend's working directory), in a folder whose
-name starts with ``pgsql_tmp``: pg_basebackup and pg_rewind skip such names, and the folder
-can be deleted at any time. A copy is used only if everything checks out, otherwise the
-backend loads the model from the registry as before:
+name starts with ``pgsql_tmp``, which base backups leave out, as PostgreSQL documents for
+such names; the folder can be deleted at any time. A copy is used only if everything
+checks out, otherwise the backend loads the model from the registry as before:
 
 - the folders and files are owned by the server's user, and nobody else can read or
   write them; files are regular files with a single link, opened without following links;
