@@ -3,7 +3,7 @@
     build/venv/bin/python bench/features.py [--split train test] [--check PORT]
 
 Figures 3 and 4 need the feature and the logits of every image. Computing them takes
-about a quarter of an hour of both cores, so they are computed once, here, and read back by
+15 minutes of both cores at best (40 on a busy shared machine), so they are computed once, here, and read back by
 bench/search.py and bench/quality.py. The computation is the server's own: the image as
 PNG bytes (common.png_bytes, as a user would store it) through pgvision_runtime's decoding,
 preprocessing and onnxruntime session, with both outputs from one forward pass.
