@@ -244,9 +244,6 @@ class Model:
             out = self.run(batch, (output,), release=last and len(chunk) > 1)[0]
             for (i, _), row in zip(chunk, out):
                 results[i] = row
-        if len(todo) > 1:
-            # the decoded images were freed in the decoding threads' own malloc arenas
-            release_free_memory()
         return results
 
     def _prepare_item(self, i, data, limits):
