@@ -325,12 +325,15 @@ def two_threads(two_model, monkeypatch):
     return two_model
 
 
-def test_thumbnails_are_decoded_on_one_thread(two_model, monkeypatch):
+@pytest.mark.parametrize("threshold, threaded", [(float("inf"), False), (0.0, True)])
+def test_threads_only_when_the_first_image_took_long_enough(two_model, monkeypatch, threshold, threaded):
+    # the first image's time decides; here the threshold does, so that no clock is involved
+    monkeypatch.setattr(models, "PARALLEL_MIN_SECONDS", threshold)
     submitted = []
     monkeypatch.setattr(models.Model, "_prepare_parallel",
-                        lambda self, *args: submitted.append(args))
+                        lambda self, chunk, *args: submitted.append(len(chunk)))
     two_model.embed_many([png for _, _, png in fashion_sample(1)], LIMITS)
-    assert submitted == []
+    assert submitted == ([9] if threaded else [])
 
 
 def test_parallel_decoding_gives_the_same_bits(two_threads, private):
