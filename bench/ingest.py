@@ -57,7 +57,7 @@ class Pgvision:
 
     def index(self):
         with common.Clock() as c:
-            self.conn.execute("SELECT pgvision.create_index('images', 'feature', m => 16, "
+            self.conn.execute("SELECT pgvision.create_index('images', 'feature', metric => 'l2', m => 16, "
                               "ef_construction => 64)")
         self.phases["HNSW index"] += c.seconds
 
