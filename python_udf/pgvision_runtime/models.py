@@ -223,13 +223,18 @@ class Model:
         batch = self.prepare(data, limits)[None]
         return self.run(batch, (output,))[0][0]
 
-    def embed_many(self, items, limits, output="feature", batch_size=32, check=None):
+    def embed_many(self, items, limits, output="feature", batch_size=32, check=None, release=True):
         """Embed a list of byte strings; None items stay None. Errors name the item.
 
         ``check``, if given, is called before each image is decoded (or, when several
         threads decode, before waiting for each image) and before each model call, and may
         raise to stop the work: sqlapi passes one that lets PostgreSQL act on a query
         cancel, statement_timeout or pg_terminate_backend.
+
+        ``release``: the last model call gives the activation memory back (see ``run``).
+        A caller with more batches to come passes False and calls ``release_memory`` when
+        it is done: regrowing 280 MB of activations for every batch of 64 thumbnails costs
+        a sixth of their throughput.
         """
         results = [None] * len(items)
         todo = [(i, d) for i, d in enumerate(items) if d is not None]
@@ -241,10 +246,18 @@ class Model:
             if check is not None:
                 check()
             last = start + batch_size >= len(todo)
-            out = self.run(batch, (output,), release=last and len(chunk) > 1)[0]
+            out = self.run(batch, (output,), release=release and last and len(chunk) > 1)[0]
             for (i, _), row in zip(chunk, out):
                 results[i] = row
         return results
+
+    def release_memory(self):
+        """Give back the activation memory kept from earlier runs.
+
+        onnxruntime shrinks its arena only at the end of a run, so this runs the smallest
+        batch there is (one blank input) with the release option.
+        """
+        self.run(np.zeros((1,) + self.input_shape, dtype=np.float32), release=True)
 
     def _prepare_item(self, i, data, limits):
         try:

@@ -202,6 +202,50 @@ def vector_text(arr):
     return template % tuple(arr.tolist())
 
 
+def vector_bytes(arr):
+    """A float32 array as the bytes pgvision._vector_from_float4 makes a vector of.
+
+    PL/Python passes bytes through as bytea, a copy; anything else goes through the result
+    type's text input, which for a vector means formatting and parsing every float.
+    """
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise PgvisionError("model produced a non-finite value", DATA_EXCEPTION,
+                            hint="the model or its spec is broken for this input")
+    return arr.tobytes()
+
+
+@sql_errors
+def embed_float4(plpy, GD, image, model_name):
+    """pgvision.embed's feature as float4 bytes (see vector_bytes)."""
+    m, conf = model(plpy, GD, model_name)
+    return vector_bytes(m.embed(image, _limits(conf)))
+
+
+@sql_errors
+def embed_batch_float4(plpy, GD, image_list, model_name, keep_memory=False):
+    """pgvision.embed_batch's features as float4 bytes; ``keep_memory`` keeps onnxruntime's
+    activation memory for the next batch (release_batch_memory gives it back)."""
+    if image_list is None:
+        return None
+    m, conf = model(plpy, GD, model_name)
+    features = m.embed_many(list(image_list), _limits(conf), batch_size=conf["pgvision.batch_size"],
+                            check=interrupt_check(plpy, GD), release=not keep_memory)
+    return [None if f is None else vector_bytes(f) for f in features]
+
+
+@sql_errors
+def release_batch_memory(plpy, GD):
+    """Give back the activation memory every loaded model of this backend keeps."""
+    st = GD.get("pgvision_state")
+    if st is None:
+        return 0
+    for m in st.cache.models.values():
+        m.release_memory()
+    return len(st.cache.models)
+
+
+# The text forms: the released 0.1.0 functions call these.
 @sql_errors
 def embed(plpy, GD, image, model_name):
     m, conf = model(plpy, GD, model_name)

@@ -252,6 +252,7 @@ BEGIN
 
     _n := coalesce(pg_catalog.array_length(_keys, 1), 0);
     IF _n = 0 THEN
+        PERFORM pgvision._release_batch_memory();
         UPDATE pgvision.backfill_progress AS p
         SET rows_left = 0, updated = pg_catalog.clock_timestamp(), finished = pg_catalog.clock_timestamp()
         WHERE p.tbl = rel AND p.feature_column = feature_col
@@ -270,11 +271,15 @@ BEGIN
     IF _nulls < _n THEN
         PERFORM pg_catalog.set_config('search_path', caller_search_path, true);
         BEGIN
-            -- One statement: the features go from embed_batch to the column as vectors (a
-            -- round trip through text would format and parse 1280 floats per row).
+            -- One statement: the features go from the model to the column as float4 bytes
+            -- (a round trip through text would format and parse 1280 floats per row). The
+            -- model keeps its activation memory from batch to batch (regrowing it for each
+            -- would cost a sixth of a thumbnail batch's time) until the run ends; a run
+            -- that is interrupted leaves it to the next embed_batch or the end of the session.
             EXECUTE pg_catalog.format(
-                'UPDATE %1$s AS t SET %2$I = u.f::%3$s'
-                ' FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest(pgvision.embed_batch($2, $3)))'
+                'UPDATE %1$s AS t SET %2$I = pgvision._vector_from_float4(u.f)::%3$s'
+                ' FROM ROWS FROM (pg_catalog.unnest($1::text[]),'
+                ' pg_catalog.unnest(pgvision._embed_batch_float4($2, $3, true)))'
                 ' AS u (k, f) WHERE t.%4$I = u.k::%5$s AND u.f IS NOT NULL',
                 rel, feature_col, _feattype, key_col, _keytype)
                 USING _keys, _images, model_name;
