@@ -20,7 +20,7 @@ images per second (wall clock) and of images per CPU-second of the contender's p
 and the ratios pgvision / direct. Also: onnxruntime alone on prepared inputs by batch size.
 
 The time of one ``pgvision.embed`` is broken down inside the backend: the stages of the
-real call (registry lookup, decode, preprocess, inference, vector text) are timed by
+real call (registry lookup, decode, preprocess, inference, feature bytes) are timed by
 wrapping the runtime's functions, the PL/Python call and transfer by the client's clock,
 and the same stages of the direct call likewise.
 
@@ -79,7 +79,7 @@ def _instrument(models, images, preprocess, sqlapi=None):
     wrap(models.Model, "run", "inference")
     if sqlapi is not None:
         wrap(sqlapi, "model", "registry lookup")
-        wrap(sqlapi, "vector_text", "vector text")
+        wrap(sqlapi, "vector_bytes", "feature bytes")
 
     def restore():
         for u in reversed(undo):
@@ -90,14 +90,14 @@ def _instrument(models, images, preprocess, sqlapi=None):
 BREAKDOWN_SQL = """
 CREATE SCHEMA IF NOT EXISTS bench;
 CREATE OR REPLACE FUNCTION bench.embed_timed(image bytea, model text DEFAULT 'efficientnet_lite0')
-RETURNS vector LANGUAGE plpython3u AS $python$
+RETURNS bytea LANGUAGE plpython3u AS $python$
 import json
 from pgvision_runtime import images, models, preprocess, sqlapi
 %(instrument)s
 totals, restore = _instrument(models, images, preprocess, sqlapi)
 start = _time.perf_counter()
 try:
-    out = sqlapi.embed(plpy, GD, image, model)
+    out = sqlapi.embed_float4(plpy, GD, image, model)
 finally:
     restore()
 totals["python"] = _time.perf_counter() - start
@@ -108,12 +108,12 @@ CREATE OR REPLACE FUNCTION bench.last_timings() RETURNS text LANGUAGE plpython3u
 return GD.get("bench_timings")
 $python$;
 -- the same call with the work left out: what the PL/Python call and the transfers cost,
--- and, returning a stored vector, what pgvector's text input adds
-CREATE OR REPLACE FUNCTION bench.noop(image bytea, vec text) RETURNS vector
+-- and, returning a stored feature's bytes, what making the vector of them adds
+CREATE OR REPLACE FUNCTION bench.noop(image bytea, vec bytea) RETURNS bytea
 LANGUAGE plpython3u AS $python$
 return vec
 $python$;
-CREATE OR REPLACE FUNCTION bench.noop_void(image bytea, vec text) RETURNS void
+CREATE OR REPLACE FUNCTION bench.noop_void(image bytea, vec bytea) RETURNS void
 LANGUAGE plpython3u AS $python$
 return None
 $python$;
@@ -128,6 +128,30 @@ for name in sorted(os.listdir(folder)):
 return digest.hexdigest()
 $python$;
 """
+
+
+# "pgvision before": the SQL functions as they were before the float4 path, PL/Python bodies
+# returning the text form (the runtime entry points the released 0.1.0 script calls too)
+BEFORE_SQL = """
+CREATE SCHEMA IF NOT EXISTS bench;
+CREATE OR REPLACE FUNCTION bench.embed_before(image bytea, model text DEFAULT 'efficientnet_lite0')
+RETURNS vector LANGUAGE plpython3u IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $python$
+%(preamble)s
+return pv.embed(plpy, GD, image, model)
+$python$;
+CREATE OR REPLACE FUNCTION bench.embed_batch_before(images bytea[], model text DEFAULT 'efficientnet_lite0')
+RETURNS vector[] LANGUAGE plpython3u IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $python$
+%(preamble)s
+return pv.embed_batch(plpy, GD, images, model)
+$python$;
+"""
+BEFORE_FUNCTIONS = ("bench.embed_before", "bench.embed_batch_before")
+
+
+def install_before_functions(conn, runtime_path):
+    preamble = (common.ROOT / "extension" / "preamble.py").read_text().replace(
+        "@RUNTIME_PATH@", runtime_path)
+    conn.execute(BEFORE_SQL % {"preamble": preamble})
 
 
 def runtime_digest(folder):
@@ -165,12 +189,13 @@ def baseline_runtime(rev, installed_site):
 class Sql:
     """pgvision in its own connection (own backend), threads set like the direct model's."""
 
-    def __init__(self, conninfo, threads, runtime=None, name="pgvision"):
+    def __init__(self, conninfo, threads, runtime=None, name="pgvision", functions=None):
         options = f"-c pgvision.threads={threads}"
         if runtime:
             options += f" -c pgvision.runtime_path={runtime}"
         self.conn = psycopg.connect(conninfo, autocommit=True, options=options)
         self.name = name
+        self.embed, self.embed_batch = functions or ("pgvision.embed", "pgvision.embed_batch")
         self.pid = self.conn.info.backend_pid
 
     def cpu(self):
@@ -185,14 +210,14 @@ class Sql:
         return total / 1e9
 
     def one(self, image):
-        self.conn.execute("SELECT pgvision.embed(%b)", [image], binary=True).fetchone()
+        self.conn.execute(f"SELECT {self.embed}(%b)", [image], binary=True).fetchone()
 
     def many(self, images):
         if isinstance(images, str):  # a table of images in the server
-            self.conn.execute(f"SELECT pgvision.embed_batch(array_agg(image ORDER BY id)) FROM {images}",
+            self.conn.execute(f"SELECT {self.embed_batch}(array_agg(image ORDER BY id)) FROM {images}",
                               binary=True).fetchone()
         else:
-            self.conn.execute("SELECT pgvision.embed_batch(%b)", [images], binary=True).fetchone()
+            self.conn.execute(f"SELECT {self.embed_batch}(%b)", [images], binary=True).fetchone()
 
 
 class Direct:
@@ -302,22 +327,26 @@ def breakdown(conn, direct, images, n_rounds):
     ns = {}
     exec(INSTRUMENT, ns)
     sql_rows, direct_rows, noop, noop_void = [], [], [], []
-    vec = conn.execute("SELECT pgvision.embed(%b)::text", [images[0]]).fetchone()[0]
-    conn.execute("SELECT bench.embed_timed(%b)", [images[0]], binary=True).fetchone()
+    vec = conn.execute("SELECT pgvision._embed_float4(%b, 'efficientnet_lite0')", [images[0]],
+                       binary=True).fetchone()[0]
+    conn.execute("SELECT pgvision._vector_from_float4(bench.embed_timed(%b))", [images[0]],
+                 binary=True).fetchone()
     for r in range(n_rounds):
         for image in images:
             start = time.perf_counter()
-            conn.execute("SELECT bench.embed_timed(%b)", [image], binary=True).fetchone()
+            conn.execute("SELECT pgvision._vector_from_float4(bench.embed_timed(%b))", [image],
+                         binary=True).fetchone()
             wall = time.perf_counter() - start
             t = json.loads(conn.execute("SELECT bench.last_timings()").fetchone()[0])
             t["call"] = wall
             sql_rows.append(t)
 
             start = time.perf_counter()
-            conn.execute("SELECT bench.noop(%b, %s)", [image, vec], binary=True).fetchone()
+            conn.execute("SELECT pgvision._vector_from_float4(bench.noop(%b, %b))", [image, vec],
+                         binary=True).fetchone()
             noop.append(time.perf_counter() - start)
             start = time.perf_counter()
-            conn.execute("SELECT bench.noop_void(%b, %s)", [image, vec], binary=True).fetchone()
+            conn.execute("SELECT bench.noop_void(%b, %b)", [image, vec], binary=True).fetchone()
             noop_void.append(time.perf_counter() - start)
 
             totals, restore = ns["_instrument"](common.models, common.models.images,
@@ -333,13 +362,13 @@ def breakdown(conn, direct, images, n_rounds):
     def med(rows, key):
         return 1000 * common.median([row.get(key, 0.0) for row in rows])
 
-    stages = ["registry lookup", "decode", "preprocess", "inference", "vector text"]
+    stages = ["registry lookup", "decode", "preprocess", "inference", "feature bytes"]
     sql = {s: med(sql_rows, s) for s in stages}
     sql["rest of the Python call"] = 1000 * common.median(
         [row["python"] - sum(row.get(s, 0.0) for s in stages) for row in sql_rows])
     void_ms = 1000 * common.median(noop_void)
     sql["PL/Python call and image transfer"] = void_ms
-    sql["vector input and result transfer"] = 1000 * common.median(noop) - void_ms
+    sql["vector of the bytes and result transfer"] = 1000 * common.median(noop) - void_ms
     sql["total (client clock)"] = med(sql_rows, "call")
     dstages = ["decode", "preprocess", "inference"]
     drct = {s: med(direct_rows, s) for s in dstages}
@@ -368,7 +397,8 @@ def measure(server, threads, data, args, baseline):
     sql = Sql(server.conninfo, threads)
     contenders = [sql, direct]
     if baseline:
-        contenders.append(Sql(server.conninfo, threads, baseline[0], name="pgvision before"))
+        contenders.append(Sql(server.conninfo, threads, baseline[0], name="pgvision before",
+                              functions=BEFORE_FUNCTIONS))
     out = {}
     with psycopg.connect(server.conninfo, autocommit=True) as c:
         for dname, d in data.items():
@@ -496,10 +526,11 @@ def report(result, plot_name):
 
 
 CHANGES = [
-    "The feature goes back as pgvector text formatted with one `%.9g` template for the whole vector "
-    "(nine significant digits identify a float32 exactly) instead of joining 1280 `repr`s of doubles: "
-    "a third of the time, a shorter text for pgvector to parse, the same bits. PL/Python hands any "
-    "result for a `vector` (or `real[]`, element by element) to the type's text input, so text it is.",
+    "The feature leaves Python as its float32 bytes, and one C function (`pgvision._vector_from_float4`, "
+    "the extension's only C) copies them into a vector: PL/Python hands any result but `bytea` to "
+    "the type's text input, so a `vector` result meant formatting 1280 floats in Python and pgvector "
+    "parsing them again, 0.4 + 0.2 ms an image, a tenth of a thumbnail's whole time. Same bits "
+    "(tests/test_embed.py). `embed` and `embed_batch` are SQL functions over that path now.",
     "`embed_batch` (and `Model.embed_many`) decode and resize the images of a batch on as many threads "
     "as `pgvision.threads` allows (every core for 0) when the chunk's first image took 3 ms or more: "
     "for photos that is nearly half of a batch's time, and Pillow releases the GIL for it; "
@@ -507,7 +538,8 @@ CHANGES = [
     "Errors still name the first bad image; the cancel check still runs between images. With "
     "`pgvision.threads = 1` nothing changes.",
     "The last model call of an `embed_batch` gives onnxruntime's activation memory back (280 MB "
-    "after a batch of 32; see figure 5); regrowing it costs little next to a batch.",
+    "after a batch of 32; see figure 5), which the direct `Model.embed_many` does too; "
+    "`embed_table` keeps it from batch to batch and gives it back at the end (figure 2).",
     "A backend runs the model from the shared copy (figure 5): the same bits and the same speed "
     "as a private session, without onnxruntime's graph optimization at every first load.",
     "Kept: the registry lookup on every call (one prepared query, 0.1-0.2 ms, measured above). It "
@@ -515,9 +547,7 @@ CHANGES = [
     "PL/Python offers no cheaper way to read settings or to learn that the registry changed.",
     "Left as it is: decoding and resizing, the largest cost after inference, are Pillow's JPEG "
     "decoder and bicubic resampling; faster variants (JPEG draft mode, reducing_gap) change the "
-    "pixels, and features must stay bit-identical. Also left: sending many large images in one "
-    "statement is slow in the client library and the protocol (see *batch*), which a backfill "
-    "from a table does not pay.",
+    "pixels, and features must stay bit-identical.",
 ]
 
 
@@ -571,6 +601,7 @@ def main():
             conn.execute("CREATE EXTENSION pgvision CASCADE")
             info = json.loads(conn.execute("SELECT pgvision.runtime_info()::text").fetchone()[0])
             conn.execute(BREAKDOWN_SQL % {"instrument": INSTRUMENT})
+            install_before_functions(conn, info["runtime_path"])
             installed = conn.execute("SELECT bench.runtime_files()").fetchone()[0]
             if installed != runtime_digest(common.ROOT / "python_udf" / "pgvision_runtime"):
                 print("WARNING: the installed runtime differs from python_udf/ here: run make install first")

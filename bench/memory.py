@@ -39,7 +39,7 @@ import psutil
 import psycopg
 
 import common
-from inference import BASELINE, baseline_runtime
+from inference import BASELINE, BEFORE_FUNCTIONS, baseline_runtime, install_before_functions
 
 PORT = 54882
 NAME = "memory"
@@ -74,6 +74,13 @@ class Modes:
                         "private": "-c pgvision.share_models=off"}
         if baseline:
             self.options["before"] = f"-c pgvision.runtime_path={baseline}"
+
+    def embed(self, mode):
+        """The SQL function embedding one image in ``mode``: the old runtime has only the text path."""
+        return BEFORE_FUNCTIONS[0] if mode == "before" else "pgvision.embed"
+
+    def embed_batch(self, mode):
+        return BEFORE_FUNCTIONS[1] if mode == "before" else "pgvision.embed_batch"
 
     def connect(self, mode):
         return psycopg.connect(self.server.conninfo, autocommit=True, options=self.options[mode])
@@ -112,17 +119,17 @@ def cold_start(modes, image, runs):
             with modes.connect(mode) as c:
                 r["connect"].append(time.perf_counter() - start)
                 start = time.perf_counter()
-                c.execute("SELECT pgvision.embed(%b)", [image], binary=True).fetchone()
+                c.execute(f"SELECT {modes.embed(mode)}(%b)", [image], binary=True).fetchone()
                 r["first embed"].append(time.perf_counter() - start)
             with modes.connect(mode) as c:
                 start = time.perf_counter()
                 c.execute("SELECT pgvision.runtime_info()").fetchone()
                 r["imports"].append(time.perf_counter() - start)
                 start = time.perf_counter()
-                c.execute("SELECT pgvision.embed(%b)", [image], binary=True).fetchone()
+                c.execute(f"SELECT {modes.embed(mode)}(%b)", [image], binary=True).fetchone()
                 r["first embed after imports"].append(time.perf_counter() - start)
                 start = time.perf_counter()
-                c.execute("SELECT pgvision.embed(%b)", [image], binary=True).fetchone()
+                c.execute(f"SELECT {modes.embed(mode)}(%b)", [image], binary=True).fetchone()
                 r["warm embed"].append(time.perf_counter() - start)
     return {m: {k: {"median_ms": 1000 * common.median(v), "runs_ms": [1000 * x for x in v]}
                 for k, v in r.items()} for m, r in out.items()}
@@ -239,7 +246,7 @@ def one_backend(modes, image, runs):
             with modes.connect(mode) as c:
                 pid = c.info.backend_pid
                 before = smaps(pid)
-                c.execute("SELECT pgvision.embed(%b)", [image], binary=True).fetchone()
+                c.execute(f"SELECT {modes.embed(mode)}(%b)", [image], binary=True).fetchone()
                 after = smaps(pid)
             wait_gone(modes.server, [pid])
             for key in keys:
@@ -258,7 +265,7 @@ def many_backends(modes, server, image, batch, n_max):
             conns = [modes.connect(mode) for _ in range(n)]
             try:
                 for c in conns:
-                    c.execute("SELECT pgvision.embed(%b)", [image], binary=True).fetchone()
+                    c.execute(f"SELECT {modes.embed(mode)}(%b)", [image], binary=True).fetchone()
                 pss = server_pss(server) - idle
                 per = [smaps(c.info.backend_pid) for c in conns]
                 drop = avail - mem_available()
@@ -267,7 +274,7 @@ def many_backends(modes, server, image, batch, n_max):
                        "sum_uss_mib": mib(sum(p["Uss"] for p in per))}
                 if n == n_max:
                     for c in conns:
-                        c.execute("SELECT pgvision.embed_batch(%b)", [batch], binary=True).fetchone()
+                        c.execute(f"SELECT {modes.embed_batch(mode)}(%b)", [batch], binary=True).fetchone()
                     row["after_batch_server_pss_mib"] = mib(server_pss(server) - idle)
                     row["after_batch_available_drop_mib"] = mib(avail - mem_available())
             finally:
@@ -423,6 +430,7 @@ def main():
             site = next(common.pathlib.Path(info["runtime_path"]).glob("venv/lib/python3*/site-packages"))
             conn.execute("SELECT pgvision.embed(%b)", [image])  # the shared copy exists from here on
             conn.execute(LOAD_SQL)
+            install_before_functions(conn, info["runtime_path"])
         baseline = None
         if args.baseline and args.baseline != "none":
             try:

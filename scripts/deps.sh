@@ -38,8 +38,11 @@ installed_pgvector() {
   [ -n "$f" ] && sed -n "s/^default_version *= *'\(.*\)'/\1/p" "$f"
 }
 
+# pgvision.so is built against pgvector's header (the layout of a vector), which pgvector's
+# own `make install` puts here
+header="$("$PG_CONFIG" --includedir-server)/extension/vector/vector.h"
 have="$(installed_pgvector || true)"
-if [ -n "$have" ] && version_ge "$have" "$PGVECTOR_MIN"; then
+if [ -n "$have" ] && version_ge "$have" "$PGVECTOR_MIN" && [ -f "$header" ]; then
   echo "deps: pgvector $have present"
   exit 0
 fi
@@ -50,7 +53,8 @@ cand="$(apt-cache policy "$bin_pkg" 2>/dev/null | sed -n 's/^ *Candidate: *//p')
 if [ -n "$cand" ] && [ "$cand" != "(none)" ] && version_ge "${cand%%-*}" "$PGVECTOR_MIN"; then
   echo "deps: installing $bin_pkg $cand"
   apt-get install -y -qq "$bin_pkg" >/dev/null
-  exit 0
+  [ -f "$header" ] && exit 0
+  echo "deps: $bin_pkg has no $header"
 fi
 
 # Otherwise build Debian trixie's source package with PGXS. Its apt state lives in a

@@ -188,6 +188,41 @@ def test_interrupted_run_resumes_and_embeds_each_row_once(conn, make_table, admi
         conn.execute("DROP FUNCTION IF EXISTS bf_log()")
 
 
+def rss_anon_mb(conn):
+    """Private resident memory of the connection's backend (the tests run on the server's host)."""
+    with open(f"/proc/{conn.info.backend_pid}/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
+    return kb / 1024
+
+
+def test_backfill_keeps_activation_memory_between_batches_and_gives_it_back(conn, make_table):
+    # about 9 MB of activations per image of a model call: 8 images make 70 MB to see
+    conn.execute("SET pgvision.batch_size = 8")
+    conn.execute("SELECT pgvision.embed(%s)", [IMAGES[0]])
+    loaded = rss_anon_mb(conn)
+
+    # what the backfill's batches do: each keeps the arena for the next
+    conn.execute("SELECT pgvision._embed_batch_float4(%s, 'efficientnet_lite0', true)", [IMAGES[:8]])
+    assert rss_anon_mb(conn) > loaded + 40
+    assert conn.execute("SELECT pgvision._release_batch_memory()").fetchone()[0] == 1
+    assert rss_anon_mb(conn) < loaded + 20
+
+    ident = make_table("memory", IMAGES[:20])
+    backfill(conn, "memory", batch_size=8)
+    assert all(f is not None for f in features(conn, ident).values())
+    assert rss_anon_mb(conn) < loaded + 20, "the run ended without giving the memory back"
+
+
+def test_release_in_a_backend_that_never_embedded_loads_nothing(admin):
+    admin.execute("CREATE FUNCTION pg_temp.runtime_loaded() RETURNS bool LANGUAGE plpython3u "
+                  "AS $$import sys; return 'pgvision_runtime.sqlapi' in sys.modules$$")
+    assert admin.execute("SELECT pgvision._release_batch_memory()").fetchone()[0] == 0
+    assert admin.execute("SELECT pg_temp.runtime_loaded()").fetchone()[0] is False
+    admin.execute("SELECT pgvision.embed(%s)", [IMAGES[0]])
+    assert admin.execute("SELECT pg_temp.runtime_loaded()").fetchone()[0] is True
+    assert admin.execute("SELECT pgvision._release_batch_memory()").fetchone()[0] == 1
+
+
 def test_odd_table_and_column_names(conn, make_table, notices):
     name = 'My "odd" images'
     t = make_table(name, IMAGES[:3])

@@ -64,6 +64,23 @@ def test_embed_batch_matches_embed_and_keeps_order_and_nulls(conn):
         assert np.abs(np.asarray(single.to_numpy()) - np.asarray(got.to_numpy())).max() < 1e-5
 
 
+def test_embed_batch_of_nothing_is_an_empty_array(conn):
+    assert conn.execute("SELECT pgvision.embed_batch('{}'::bytea[])").fetchone()[0] == []
+    assert conn.execute("SELECT pgvision.embed_batch(ARRAY[NULL]::bytea[])").fetchone()[0] == [None]
+
+
+def test_features_arrive_bit_for_bit(conn, local_model):
+    """The float4 bytes the runtime returns become the same vector as its text form would."""
+    image = photo("kite")
+    direct = local_model.embed(image, LIMITS)
+    text = "[" + ",".join("%.9g" % v for v in direct.tolist()) + "]"
+    same, = conn.execute("SELECT pgvision._vector_from_float4(%s) = %s::vector",
+                         [direct.astype("<f4").tobytes(), text]).fetchone()
+    assert same
+    got = conn.execute("SELECT pgvision.embed(%s)::real[]", [image]).fetchone()[0]
+    assert np.array_equal(np.asarray(got, dtype=np.float32), direct)
+
+
 def test_embed_batch_smaller_than_batch_size(conn):
     conn.execute("SET pgvision.batch_size = 2")
     images = [photo(n) for n in ("dog", "eagle", "kite")]
