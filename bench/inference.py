@@ -117,6 +117,11 @@ CREATE OR REPLACE FUNCTION bench.noop_void(image bytea, vec bytea) RETURNS void
 LANGUAGE plpython3u AS $python$
 return None
 $python$;
+-- what a batch from a table costs before the runtime gets it: the images as Python bytes
+CREATE OR REPLACE FUNCTION bench.python_args(images bytea[]) RETURNS int
+LANGUAGE plpython3u AS $python$
+return len(images)
+$python$;
 CREATE OR REPLACE FUNCTION bench.runtime_files() RETURNS text LANGUAGE plpython3u AS $python$
 import hashlib, os, pgvision_runtime
 folder = os.path.dirname(pgvision_runtime.__file__)
@@ -248,8 +253,11 @@ def timed(c, work, spent):
 def rounds_one(contenders, images, n_rounds):
     """Images per second and per CPU-second of each contender per round, one image at a time.
 
-    The contenders take turns image by image (the order swapping every image), so both
-    see the same moments of a shared machine; a round is every image once.
+    A round is every image once; the contenders take turns round by round, the order
+    swapping every round, so all see the same stretch of a shared machine. Not image by
+    image: after a run, onnxruntime's idle threads spin for a while before they sleep, and
+    on two cores one contender's spinning would slow the other's next image (at threads 0,
+    thumbnails took two to three times as long as alone, at random).
     """
     rates = {c.name: ([], []) for c in contenders}
     for c in contenders:  # warm: model loaded, arenas sized
@@ -257,9 +265,11 @@ def rounds_one(contenders, images, n_rounds):
             c.one(image)
     for r in range(n_rounds):
         spent = {c.name: [0.0, 0.0] for c in contenders}
-        for k, image in enumerate(images):
-            for c in (contenders if (r + k) % 2 == 0 else contenders[::-1]):
-                timed(c, lambda: c.one(image), spent)
+        for c in (contenders if r % 2 == 0 else contenders[::-1]):
+            def work():
+                for image in images:
+                    c.one(image)
+            timed(c, work, spent)
         for name, (wall, cpu) in spent.items():
             rates[name][0].append(len(images) / wall)
             rates[name][1].append(len(images) / cpu)
@@ -408,6 +418,17 @@ def measure(server, threads, data, args, baseline):
                 for i, image in enumerate(d["batch"]):
                     copy.write_row((i, image))
             c.execute(f"VACUUM ANALYZE bench.batch_{dname}")
+        out["table read"] = {}
+        for dname in data:
+            read, python = [], []
+            for _ in range(5):
+                for q, into in (("SELECT cardinality(array_agg(image ORDER BY id))", read),
+                                ("SELECT bench.python_args(array_agg(image ORDER BY id))", python)):
+                    start = time.perf_counter()
+                    c.execute(f"{q} FROM bench.batch_{dname}").fetchone()
+                    into.append(time.perf_counter() - start)
+            out["table read"][dname] = {"read_ms": 1000 * common.median(read),
+                                        "python_ms": 1000 * common.median(python)}
     try:
         for dname, d in data.items():
             print(f"threads={threads} {dname}: one at a time ...", flush=True)
@@ -442,6 +463,8 @@ def fmt(x, digits=1):
 
 def report(result, plot_name):
     targets = result["targets"]
+    first_t = next(iter(result["threads"]))
+    tr = result["threads"][first_t]["table read"]
     lines = [
         "## 1. Inference overhead",
         "",
@@ -450,7 +473,8 @@ def report(result, plot_name):
         "(`Model.embed`, `Model.embed_many`): same model bytes, same preprocessing code, same images, "
         "same thread count (`pgvision.threads` = the direct model's threads; 0 is onnxruntime's "
         "default, every core), both at 32 images per model call. On one throwaway server, the "
-        "contenders take turns image by image (one at a time) or call by call (batch); figures are "
+        "contenders take turns round by round (one at a time: all images each, see below) or call by "
+        "call (batch); figures are "
         f"medians over {result['rounds']} rounds (a round: every image once, or one batch call each). "
         "The ratio is pgvision / direct of the medians; in brackets, the median of the rounds' own "
         "ratios. The CPU-second ratio uses the CPU time of each contender's process (the backend, "
@@ -465,7 +489,13 @@ def report(result, plot_name):
         "`SELECT cardinality($1::bytea[])` alone, against "
         f"{result['transfer']['fashion']['ms']:.0f} ms for the PNGs); *batch from a table* is "
         "`SELECT pgvision.embed_batch(array_agg(image ORDER BY id))` over the same images stored in a "
-        "table, as a backfill reads them.",
+        "table, as a backfill reads them (for the photos, reading them into the array takes "
+        f"{tr['photos']['read_ms']:.0f} ms and handing them to Python as bytes {tr['photos']['python_ms']:.0f} ms "
+        f"in all; for the PNGs {tr['fashion']['read_ms']:.0f} and {tr['fashion']['python_ms']:.0f} ms, "
+        f"threads {first_t}). One at a time, the contenders alternate round by round rather than image "
+        "by image: onnxruntime's idle threads spin for a while after a run before they sleep, and on "
+        "two cores one contender's spinning slowed the other's next image, at random: thumbnails "
+        "at threads 0 took two to three times as long as they do alone.",
         "",
         "| threads | images | form | pgvision images/s | direct images/s | ratio | ratio of images per CPU-second | target |",
         "|---|---|---|---|---|---|---|---|",

@@ -29,6 +29,11 @@ HNSW = "USING hnsw (feature vector_l2_ops) WITH (m = 16, ef_construction = 64)"
 # autovacuum: it would clean pgvision's table (its UPDATE leaves a dead version of every
 # row) at a moment of its choosing, during the other contender's phase as like as not;
 # pgvision is charged a VACUUM of its own table instead.
+# Both index builds get the same parallel workers. PostgreSQL would give them by the size of
+# the table's main fork: 2 for pgvision's (the images live there), none for the seed's,
+# whose rows are a key, a path and a TOAST pointer to the vector (under
+# min_parallel_table_scan_size); 2 is max_parallel_maintenance_workers' default.
+TABLE_OPTIONS = "parallel_workers = 2"
 SETTINGS = {"maintenance_work_mem": "2GB", "max_wal_size": "8GB", "checkpoint_timeout": "30min",
             "autovacuum": "off"}
 
@@ -43,7 +48,7 @@ class Pgvision:
     def __init__(self, conn):
         self.conn = conn
         conn.execute("CREATE TABLE images (id bigint PRIMARY KEY, path text NOT NULL, "
-                     "image bytea NOT NULL, feature vector(1280))")
+                     f"image bytea NOT NULL, feature vector(1280)) WITH ({TABLE_OPTIONS})")
         self.phases = {"copy bytes": 0.0, "embed in the database": 0.0, "VACUUM": 0.0, "HNSW index": 0.0}
 
     def chunk(self, ids, paths):
@@ -77,7 +82,7 @@ class Seed:
         self.conn = conn
         self.model = model
         conn.execute("CREATE TABLE seed (id bigint PRIMARY KEY, path text NOT NULL, "
-                     "feature vector(1280))")
+                     f"feature vector(1280)) WITH ({TABLE_OPTIONS})")
         self.phases = {"extract in the client": 0.0, "text + COPY": 0.0, "": 0.0, "HNSW index": 0.0}
 
     def chunk(self, ids, paths):
@@ -162,7 +167,11 @@ def report(result, plot_file):
         "",
         f"{result['images']:,} Fashion-MNIST train images as PNG files on disk to rows searchable "
         "through an HNSW index (m 16, ef_construction 64, L2), on one throwaway server "
-        f"(maintenance_work_mem {SETTINGS['maintenance_work_mem']} for both index builds). "
+        f"(maintenance_work_mem {SETTINGS['maintenance_work_mem']} and 2 parallel workers for both "
+        "index builds: PostgreSQL gives them by the size of a table's main fork, here "
+        f"{result['main_fork_bytes']['images'] / 2**20:.0f} MB for pgvision's, where the images are, and "
+        f"{result['main_fork_bytes']['seed'] / 2**20:.0f} MB for the seed's, a key, a path and a TOAST "
+        "pointer to the vector a row, under the 8 MB of min_parallel_table_scan_size that one worker takes). "
         "**pgvision**: binary COPY of the file bytes, `CALL pgvision.embed_table(...)` "
         f"({ROWS_PER_TXN} rows per transaction, {BATCH} images per model call), "
         "`VACUUM` (the UPDATE leaves a dead version of every row; autovacuum is off for the run, so "
@@ -256,6 +265,8 @@ def main():
                 "unnest(s.feature::real[]) AS d FROM images i JOIN seed s USING (id) "
                 "WHERE i.id % 97 = 0) x").fetchone()
             rows = conn.execute("SELECT count(*) FROM images WHERE id % 97 = 0").fetchone()[0]
+            sizes = {t: conn.execute("SELECT pg_relation_size(%s::regclass)", [t]).fetchone()[0]
+                     for t in ("images", "seed")}
             missing = conn.execute("SELECT (SELECT count(*) FROM images WHERE feature IS NULL) + "
                                    "(SELECT count(*) FROM seed WHERE feature IS NULL)").fetchone()[0]
             if missing:
@@ -264,7 +275,7 @@ def main():
     result = {"images": len(paths), "chunks": args.chunks, "batch": BATCH, "settings": SETTINGS,
               "inference_limit_samples": limits,
               "inference_limit_images_per_s": common.median(limits),
-              "arena": arena, "compared_rows": rows, "max_abs_diff": float(diff[1] or 0.0), "contenders": {}}
+              "arena": arena, "main_fork_bytes": sizes, "compared_rows": rows, "max_abs_diff": float(diff[1] or 0.0), "contenders": {}}
     for ct in contenders:
         total = sum(ct.phases.values())
         result["contenders"][ct.name] = {"phases": ct.phases, "seconds": total,
