@@ -213,6 +213,20 @@ def test_backfill_keeps_activation_memory_between_batches_and_gives_it_back(conn
     assert rss_anon_mb(conn) < loaded + 20, "the run ended without giving the memory back"
 
 
+def test_keep_batch_memory_setting(conn):
+    conn.execute("SET pgvision.batch_size = 8")
+    conn.execute("SELECT pgvision.embed(%s)", [IMAGES[0]])
+    loaded = rss_anon_mb(conn)
+    conn.execute("SELECT pgvision.embed_batch(%s)", [IMAGES[:8]])
+    assert rss_anon_mb(conn) < loaded + 20
+    conn.execute("SET pgvision.keep_batch_memory = on")
+    conn.execute("SELECT pgvision.embed_batch(%s)", [IMAGES[:8]])
+    assert rss_anon_mb(conn) > loaded + 40
+    conn.execute("RESET pgvision.keep_batch_memory")
+    conn.execute("SELECT pgvision.embed_batch(%s)", [IMAGES[:8]])
+    assert rss_anon_mb(conn) < loaded + 20
+
+
 def test_release_in_a_backend_that_never_embedded_loads_nothing(admin):
     admin.execute("CREATE FUNCTION pg_temp.runtime_loaded() RETURNS bool LANGUAGE plpython3u "
                   "AS $$import sys; return 'pgvision_runtime.sqlapi' in sys.modules$$")

@@ -23,6 +23,8 @@ SETTINGS = {
     "pgvision.batch_size": (32, 1),
     # off: each backend loads its own copy of a model from the registry (see sharing.py)
     "pgvision.share_models": (True, None),
+    # on: embed_batch keeps onnxruntime's activation memory for the next call (see models.run)
+    "pgvision.keep_batch_memory": (False, None),
 }
 
 # PostgreSQL's spellings of a boolean (parse_bool), without the unique-prefix forms
@@ -224,13 +226,15 @@ def embed_float4(plpy, GD, image, model_name):
 
 @sql_errors
 def embed_batch_float4(plpy, GD, image_list, model_name, keep_memory=False):
-    """pgvision.embed_batch's features as float4 bytes; ``keep_memory`` keeps onnxruntime's
-    activation memory for the next batch (release_batch_memory gives it back)."""
+    """pgvision.embed_batch's features as float4 bytes; ``keep_memory`` (or the setting
+    pgvision.keep_batch_memory) keeps onnxruntime's activation memory for the next batch
+    (release_batch_memory gives it back)."""
     if image_list is None:
         return None
     m, conf = model(plpy, GD, model_name)
+    keep = keep_memory or conf["pgvision.keep_batch_memory"]
     features = m.embed_many(list(image_list), _limits(conf), batch_size=conf["pgvision.batch_size"],
-                            check=interrupt_check(plpy, GD), release=not keep_memory)
+                            check=interrupt_check(plpy, GD), release=not keep)
     return [None if f is None else vector_bytes(f) for f in features]
 
 
