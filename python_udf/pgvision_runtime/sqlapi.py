@@ -185,6 +185,14 @@ def _limits(conf):
 _VECTOR_FORMATS = {}
 
 
+def _finite_float32(arr, contiguous=False):
+    arr = (np.ascontiguousarray if contiguous else np.asarray)(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise PgvisionError("model produced a non-finite value", DATA_EXCEPTION,
+                            hint="the model or its spec is broken for this input")
+    return arr
+
+
 def vector_text(arr):
     """A float32 array as pgvector's text form, which reads back bit for bit.
 
@@ -193,10 +201,7 @@ def vector_text(arr):
     (FLT_DECIMAL_DIG), and Python's %-formatting rounds correctly; one format string for
     the whole vector costs a third of joining each float's repr (17 digits of a double).
     """
-    arr = np.asarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise PgvisionError("model produced a non-finite value", DATA_EXCEPTION,
-                            hint="the model or its spec is broken for this input")
+    arr = _finite_float32(arr)
     n = arr.shape[0]
     template = _VECTOR_FORMATS.get(n)
     if template is None:
@@ -210,11 +215,7 @@ def vector_bytes(arr):
     PL/Python passes bytes through as bytea, a copy; anything else goes through the result
     type's text input, which for a vector means formatting and parsing every float.
     """
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise PgvisionError("model produced a non-finite value", DATA_EXCEPTION,
-                            hint="the model or its spec is broken for this input")
-    return arr.tobytes()
+    return _finite_float32(arr, contiguous=True).tobytes()
 
 
 @sql_errors
@@ -224,18 +225,23 @@ def embed_float4(plpy, GD, image, model_name):
     return vector_bytes(m.embed(image, _limits(conf)))
 
 
-@sql_errors
-def embed_batch_float4(plpy, GD, image_list, model_name, keep_memory=False):
-    """pgvision.embed_batch's features as float4 bytes; ``keep_memory`` (or the setting
-    pgvision.keep_batch_memory) keeps onnxruntime's activation memory for the next batch
-    (release_batch_memory gives it back)."""
+def _embed_batch(plpy, GD, image_list, model_name, form, keep_memory=False):
+    """The features of a list of images in ``form`` (vector_bytes or vector_text), None for
+    None; ``keep_memory`` (or the setting pgvision.keep_batch_memory) keeps onnxruntime's
+    activation memory for the next batch (release_batch_memory gives it back)."""
     if image_list is None:
         return None
     m, conf = model(plpy, GD, model_name)
     keep = keep_memory or conf["pgvision.keep_batch_memory"]
     features = m.embed_many(list(image_list), _limits(conf), batch_size=conf["pgvision.batch_size"],
                             check=interrupt_check(plpy, GD), release=not keep)
-    return [None if f is None else vector_bytes(f) for f in features]
+    return [None if f is None else form(f) for f in features]
+
+
+@sql_errors
+def embed_batch_float4(plpy, GD, image_list, model_name, keep_memory=False):
+    """pgvision.embed_batch's features as float4 bytes."""
+    return _embed_batch(plpy, GD, image_list, model_name, vector_bytes, keep_memory)
 
 
 @sql_errors
@@ -258,12 +264,7 @@ def embed(plpy, GD, image, model_name):
 
 @sql_errors
 def embed_batch(plpy, GD, image_list, model_name):
-    if image_list is None:
-        return None
-    m, conf = model(plpy, GD, model_name)
-    features = m.embed_many(list(image_list), _limits(conf), batch_size=conf["pgvision.batch_size"],
-                            check=interrupt_check(plpy, GD))
-    return [None if f is None else vector_text(f) for f in features]
+    return _embed_batch(plpy, GD, image_list, model_name, vector_text)
 
 
 @sql_errors
