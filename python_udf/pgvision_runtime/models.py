@@ -216,7 +216,8 @@ class Model:
         return [np.asarray(r, dtype=np.float32) for r in result]
 
     def prepare(self, data, limits):
-        img = images.decode(data, self.spec["background"], grey=True, **limits)
+        img = images.decode(data, self.spec["background"], grey=True, **limits,
+                            later=lambda size, pixel: preprocess.resize_bytes(size, pixel, self.spec))
         return preprocess.prepare(img, self.spec)
 
     def embed(self, data, limits, output="feature"):
@@ -239,16 +240,31 @@ class Model:
         results = [None] * len(items)
         todo = [(i, d) for i, d in enumerate(items) if d is not None]
         workers = _workers(self.threads) if len(todo) > 1 else 1
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            batch = np.empty((len(chunk),) + self.input_shape, dtype=np.float32)
-            self._prepare_chunk(chunk, batch, limits, check, workers)
-            if check is not None:
-                check()
-            last = start + batch_size >= len(todo)
-            out = self.run(batch, (output,), release=release and last and len(chunk) > 1)[0]
-            for (i, _), row in zip(chunk, out):
-                results[i] = row
+        batch = None
+        try:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start:start + batch_size]
+                batch = np.empty((len(chunk),) + self.input_shape, dtype=np.float32)
+                self._prepare_chunk(chunk, batch, limits, check, workers)
+                if check is not None:
+                    check()
+                last = start + batch_size >= len(todo)
+                out = self.run(batch, (output,), release=release and last and len(chunk) > 1)[0]
+                for (i, _), row in zip(chunk, out):
+                    results[i] = row
+        except BaseException as e:
+            # A cancel or a bad image ends the call, not the backend: what the batch grew
+            # (activations, the C heap its images were decoded on) would otherwise stay
+            # with the connection. The error's frames hold decoded images; the caller only
+            # needs its message.
+            batch = results = None
+            _forget_frames(e)
+            try:
+                self.release_memory()
+            except Exception:
+                pass
+            release_free_memory()
+            raise
         return results
 
     def release_memory(self):
@@ -311,6 +327,17 @@ class Model:
                 for future in futures:
                     future.cancel()
                 concurrent.futures.wait(futures)
+
+
+def _forget_frames(error):
+    """Drop the tracebacks of an error and of those it was raised from (and their locals)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        error.__traceback__ = None
+        if error.__cause__ is not None:
+            _forget_frames(error.__cause__)
+        error = error.__context__
 
 
 # Decoding threads for a chunk whose first image took at least this long (see _prepare_chunk).

@@ -13,6 +13,45 @@ _RESAMPLE = {
 }
 
 
+# Half the width of each filter's kernel, in input pixels at scale 1 (Pillow's filters).
+_SUPPORT = {"nearest": 0, "box": 0.5, "bilinear": 1, "hamming": 1, "bicubic": 2, "lanczos": 3}
+
+
+def _target(size, spec):
+    """The size ``fit`` resizes an image of ``size`` to (before any crop or padding)."""
+    height, width = spec["size"]
+    w, h = size
+    if spec["fit"] == "stretch":
+        return width, height
+    if spec["fit"] == "center_crop":
+        scale = max(width / w, height / h)
+        return max(width, round(w * scale)), max(height, round(h * scale))
+    scale = min(width / w, height / h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def resize_bytes(size, pixel_bytes, spec):
+    """An upper bound of the memory ``fit`` takes for an image of ``size`` (besides the image).
+
+    Pillow resizes in two passes, across first: the intermediate image has the new width
+    and every row of the old height, more than the image itself when a narrow image gets
+    wider. Each pass also keeps its filter weights: a kernel's width of doubles and ints for
+    every output pixel along the axis.
+    """
+    w, h = size
+    nw, nh = _target(size, spec)
+    if (nw, nh) == (w, h):
+        return 0
+    support = _SUPPORT[spec["resample"]]
+    weights = 0
+    if support:
+        for old, new in ((w, nw), (h, nh)):
+            if old != new:
+                weights += (2 * int(support * max(old / new, 1.0) + 1) + 1) * new * 12
+    across = nw * h * pixel_bytes if nw != w and nh != h and support else 0
+    return across + weights + nw * nh * pixel_bytes
+
+
 def fit(img, spec):
     """Resize (and crop or pad) to the spec's [height, width]; grey stays grey until to_array."""
     height, width = spec["size"]
