@@ -32,11 +32,72 @@ COMMENT ON COLUMN pgvision.backfill_errors.at IS 'when the error happened';
 COMMENT ON POLICY backfill_progress_read ON pgvision.backfill_progress IS
 'a role sees the progress of the tables it can SELECT from';
 COMMENT ON POLICY backfill_progress_write ON pgvision.backfill_progress IS
-'a role writes the progress of the tables it can UPDATE, as pgvision.embed_table does for it';
+'a role writes the progress of a table''s feature column if it may UPDATE that column and SELECT from the table, as pgvision.embed_table does for it (incremental/004-backfill-security.sql)';
 COMMENT ON POLICY backfill_errors_read ON pgvision.backfill_errors IS
 'a role sees the bad rows of the tables it can SELECT from';
 COMMENT ON POLICY backfill_errors_write ON pgvision.backfill_errors IS
-'a role records or deletes the bad rows of the tables it can UPDATE (deleting one makes embed_table try it again)';
+'a role records or deletes the bad rows of a table''s feature column if it may UPDATE that column and SELECT from the table (deleting one makes embed_table try it again; such a role could write the feature itself anyway)';
+
+-- Names for the dynamic SQL that runs under the caller's search_path, built from the
+-- catalogs: format_type and regclass output leave out the schema of whatever the current
+-- search_path finds (pg_catalog's text, a temporary table), which a caller's search_path
+-- with public first would then find elsewhere (a public.text domain, a public table).
+CREATE OR REPLACE FUNCTION pgvision._type_name(typ oid)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(t.typname)
+    FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+    WHERE t.oid = typ
+$$;
+COMMENT ON FUNCTION pgvision._type_name(oid) IS
+'internal: a type''s name with its schema, both quoted, without type modifiers (pg_catalog.text, public.vector), whatever the search_path';
+
+CREATE OR REPLACE FUNCTION pgvision._rel_name(rel regclass)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = rel
+$$;
+COMMENT ON FUNCTION pgvision._rel_name(regclass) IS
+'internal: a relation''s name with its schema (pg_temp_N for a temporary table), both quoted, whatever the search_path';
+
+-- The operators that compare keys: those of the btree operator family of the key's unique
+-- index, with their schema, so that a key type whose operators live outside pg_catalog
+-- (citext) works and no operator of the same name elsewhere is ever chosen.
+CREATE OR REPLACE FUNCTION pgvision._key_operators(rel regclass, key_col name,
+                                                   OUT lt text, OUT eq text, OUT gt text)
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.max(o.op) FILTER (WHERE o.strategy = 1),
+           pg_catalog.max(o.op) FILTER (WHERE o.strategy = 3),
+           pg_catalog.max(o.op) FILTER (WHERE o.strategy = 5)
+    FROM (SELECT i.indclass[0] AS opclass
+          FROM pg_catalog.pg_index i
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+          JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+          JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+          WHERE i.indrelid = rel AND a.attname = key_col AND i.indisunique AND i.indisvalid
+            AND i.indnkeyatts = 1 AND i.indpred IS NULL AND am.amname = 'btree'
+          ORDER BY i.indisprimary DESC, i.indexrelid
+          LIMIT 1) ix
+    JOIN pg_catalog.pg_opclass oc ON oc.oid = ix.opclass
+    CROSS JOIN LATERAL (
+        SELECT ao.amopstrategy AS strategy,
+               pg_catalog.format('OPERATOR(%I.%s)', n.nspname, op.oprname) AS op
+        FROM pg_catalog.pg_amop ao
+        JOIN pg_catalog.pg_operator op ON op.oid = ao.amopopr
+        JOIN pg_catalog.pg_namespace n ON n.oid = op.oprnamespace
+        WHERE ao.amopfamily = oc.opcfamily AND ao.amoplefttype = oc.opcintype
+          AND ao.amoprighttype = oc.opcintype AND ao.amopstrategy IN (1, 3, 5)) o
+$$;
+COMMENT ON FUNCTION pgvision._key_operators(regclass, name) IS
+'internal: the <, = and > operators of the btree operator family of a key column''s unique index, each as OPERATOR(schema.op)';
 
 -- Checks that tbl.image_column (bytea) can be embedded by model into tbl.feature_column (a
 -- pgvector column of the model's dimensions); returns the feature column's type name.
@@ -160,8 +221,11 @@ DECLARE
     _skipped bigint := 0;
 BEGIN
     PERFORM pgvision._embed_columns(rel, image_col, feature_col, model_name);
-    IF nrows IS NULL OR nrows < 1 THEN
-        RAISE EXCEPTION 'batch_size must be at least 1, not %', coalesce(nrows::text, 'null')
+    IF nrows IS NULL OR retry IS NULL THEN
+        RAISE EXCEPTION 'batch_size and retry_errors must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF nrows < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1, not %', nrows
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     _key := pgvision._embed_key(rel, key_col);
@@ -172,13 +236,16 @@ BEGIN
     IF retry THEN
         DELETE FROM pgvision.backfill_errors e WHERE e.tbl = rel AND e.feature_column = feature_col;
     END IF;
-    EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s AS t WHERE t.%I IS NULL', rel, feature_col)
+    EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s AS t WHERE t.%I IS NULL',
+                              pgvision._rel_name(rel), feature_col)
         INTO _todo;
     IF NOT retry THEN
         EXECUTE pg_catalog.format(
             'SELECT pg_catalog.count(*) FROM pgvision.backfill_errors AS e JOIN %s AS t'
-            ' ON t.%I::text = e.key WHERE e.tbl = $1 AND e.feature_column = $2 AND t.%I IS NULL',
-            rel, _key, feature_col)
+            ' ON t.%I::pg_catalog.text OPERATOR(pg_catalog.=) e.key'
+            ' WHERE e.tbl OPERATOR(pg_catalog.=) $1 AND e.feature_column OPERATOR(pg_catalog.=) $2'
+            ' AND t.%I IS NULL',
+            pgvision._rel_name(rel), _key, feature_col)
             INTO _skipped USING rel, feature_col;
     END IF;
     INSERT INTO pgvision.backfill_progress AS p
@@ -207,9 +274,11 @@ COMMENT ON FUNCTION pgvision._embed_table_start(regclass, name, name, text, int,
 -- embedded with one embed_batch call; if that fails on bad data, the rows are embedded one
 -- at a time and those that fail are recorded in pgvision.backfill_errors. Returns the last
 -- key of the batch, or NULL when there is nothing left (and marks the run finished).
--- The UPDATE of the user's table runs with the caller's search_path (the statement itself
--- names everything with its schema), so the table's own triggers work as they do for the
--- caller's UPDATEs.
+-- The UPDATE of the user's table runs with the caller's search_path, so the table's own
+-- triggers work as they do for the caller's UPDATEs; the statement itself names every
+-- relation, type, function and operator with its schema (pgvision._type_name, _rel_name,
+-- _key_operators), so that nothing the caller's search_path finds first (a public.= on
+-- varchar, a public.text domain) runs in it.
 CREATE OR REPLACE FUNCTION pgvision._embed_table_batch(rel regclass, image_col name, feature_col name,
                                                        model_name text, nrows int, key_col name,
                                                        retry boolean, after_key text,
@@ -219,8 +288,10 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    _rel text := pgvision._rel_name(rel);
     _keytype text;
     _feattype text;
+    _ops record;
     _keys text[];
     _images bytea[];
     _features text[];
@@ -232,22 +303,30 @@ DECLARE
     _state text;
     _p pgvision.backfill_progress;
 BEGIN
-    SELECT pg_catalog.format_type(a.atttypid, NULL) INTO _keytype FROM pg_catalog.pg_attribute a
+    SELECT pgvision._type_name(a.atttypid) INTO _keytype FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = rel AND a.attname = key_col AND NOT a.attisdropped;
-    SELECT pg_catalog.format_type(a.atttypid, NULL) INTO _feattype FROM pg_catalog.pg_attribute a
+    SELECT pgvision._type_name(a.atttypid) INTO _feattype FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = rel AND a.attname = feature_col AND NOT a.attisdropped;
+    _ops := pgvision._key_operators(rel, key_col);
+    IF _ops.lt IS NULL OR _ops.eq IS NULL OR _ops.gt IS NULL THEN
+        RAISE EXCEPTION 'key column "%" of % has no btree unique index to order rows by', key_col, rel
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
 
     -- Keyset pagination on the key's unique index: each batch reads only rows after the
     -- previous one, so a run is linear in the table's size and always ends.
     EXECUTE pg_catalog.format(
-        'SELECT pg_catalog.array_agg(b.k::text ORDER BY b.k), pg_catalog.array_agg(b.img ORDER BY b.k)'
+        'SELECT pg_catalog.array_agg(b.k::pg_catalog.text ORDER BY b.k USING %7$s),'
+        ' pg_catalog.array_agg(b.img ORDER BY b.k USING %7$s)'
         ' FROM (SELECT t.%1$I AS k, t.%2$I AS img FROM %3$s AS t WHERE t.%4$I IS NULL %5$s %6$s'
-        '       ORDER BY t.%1$I LIMIT $4 FOR UPDATE OF t) AS b',
-        key_col, image_col, rel, feature_col,
-        CASE WHEN after_key IS NOT NULL THEN pg_catalog.format('AND t.%I > $1::%s', key_col, _keytype) END,
+        '       ORDER BY t.%1$I USING %7$s LIMIT $4 FOR UPDATE OF t) AS b',
+        key_col, image_col, _rel, feature_col,
+        CASE WHEN after_key IS NOT NULL THEN pg_catalog.format('AND t.%I %s $1::%s', key_col, _ops.gt, _keytype) END,
         CASE WHEN NOT retry THEN pg_catalog.format(
-            'AND NOT EXISTS (SELECT FROM pgvision.backfill_errors AS e WHERE e.tbl = $2'
-            ' AND e.feature_column = $3 AND e.key = t.%I::text)', key_col) END)
+            'AND NOT EXISTS (SELECT FROM pgvision.backfill_errors AS e WHERE e.tbl OPERATOR(pg_catalog.=) $2'
+            ' AND e.feature_column OPERATOR(pg_catalog.=) $3'
+            ' AND e.key OPERATOR(pg_catalog.=) t.%I::pg_catalog.text)', key_col) END,
+        _ops.lt)
         INTO _keys, _images USING after_key, rel, feature_col, nrows;
 
     _n := coalesce(pg_catalog.array_length(_keys, 1), 0);
@@ -278,10 +357,10 @@ BEGIN
             -- that is interrupted leaves it to the next embed_batch or the end of the session.
             EXECUTE pg_catalog.format(
                 'UPDATE %1$s AS t SET %2$I = pgvision._vector_from_float4(u.f)::%3$s'
-                ' FROM ROWS FROM (pg_catalog.unnest($1::text[]),'
-                ' pg_catalog.unnest(pgvision._embed_batch_float4($2, $3, true)))'
-                ' AS u (k, f) WHERE t.%4$I = u.k::%5$s AND u.f IS NOT NULL',
-                rel, feature_col, _feattype, key_col, _keytype)
+                ' FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]),'
+                ' pg_catalog.unnest(pgvision._embed_batch_float4($2::pg_catalog.bytea[], $3::pg_catalog.text, true)))'
+                ' AS u (k, f) WHERE t.%4$I %6$s u.k::%5$s AND u.f IS NOT NULL',
+                _rel, feature_col, _feattype, key_col, _keytype, _ops.eq)
                 USING _keys, _images, model_name;
             GET DIAGNOSTICS _done = ROW_COUNT;
         EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
@@ -306,9 +385,9 @@ BEGIN
             PERFORM pg_catalog.set_config('search_path', caller_search_path, true);
             EXECUTE pg_catalog.format(
                 'UPDATE %1$s AS t SET %2$I = u.f::%3$s'
-                ' FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u (k, f)'
-                ' WHERE t.%4$I = u.k::%5$s AND u.f IS NOT NULL',
-                rel, feature_col, _feattype, key_col, _keytype)
+                ' FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) AS u (k, f)'
+                ' WHERE t.%4$I %6$s u.k::%5$s AND u.f IS NOT NULL',
+                _rel, feature_col, _feattype, key_col, _keytype, _ops.eq)
                 USING _keys, _features;
             GET DIAGNOSTICS _done = ROW_COUNT;
         END;
@@ -331,9 +410,20 @@ $$;
 COMMENT ON FUNCTION pgvision._embed_table_batch(regclass, name, name, text, int, name, boolean, text, text) IS
 'internal: embeds the next batch of pgvision.embed_table and records its progress; returns the batch''s last key, NULL when done';
 
--- No SET clause here: a procedure with one cannot COMMIT. The body only calls
--- schema-qualified functions with arguments of their exact types, and the work is done by
--- the functions above, which pin search_path.
+-- PL/pgSQL cannot tell whether the procedure it runs may COMMIT; src/transaction.c asks
+-- the procedure's SPI connection.
+CREATE OR REPLACE FUNCTION pgvision._transaction_context()
+RETURNS text
+LANGUAGE c VOLATILE PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS '$libdir/pgvision', 'pgvision_transaction_context';
+COMMENT ON FUNCTION pgvision._transaction_context() IS
+'internal: NULL when the calling procedure may COMMIT, else why not ("run inside a transaction block", "be called from a function")';
+
+-- No SET clause here: a procedure with one cannot COMMIT. The body runs under the caller's
+-- search_path, so it declares its variables with qualified types and only calls
+-- schema-qualified functions with arguments of their exact types; the work is done by the
+-- functions above, which pin search_path.
 CREATE OR REPLACE PROCEDURE pgvision.embed_table(tbl regclass, image_column name, feature_column name,
                                                  model text DEFAULT 'efficientnet_lite0',
                                                  batch_size int DEFAULT 64,
@@ -342,9 +432,17 @@ CREATE OR REPLACE PROCEDURE pgvision.embed_table(tbl regclass, image_column name
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    _key name;
-    _after text;
+    _key pg_catalog.name;
+    _after pg_catalog.text;
+    _cannot pg_catalog.text := pgvision._transaction_context();
 BEGIN
+    -- COMMIT would refuse only after the first batch's work; say so before any.
+    IF _cannot IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_transaction_termination',
+            MESSAGE = pg_catalog.concat('pgvision.embed_table cannot ', _cannot),
+            DETAIL = 'it commits after every batch',
+            HINT = 'CALL it on its own, in autocommit mode; from JDBC, send CALL pgvision.embed_table(...) as a plain statement, or use {call ...} with the connection option escapeSyntaxCallMode=callIfNoReturn';
+    END IF;
     _key := pgvision._embed_table_start(tbl, image_column, feature_column, model, batch_size,
                                         key_column, retry_errors);
     COMMIT;
@@ -430,3 +528,55 @@ COMMENT ON FUNCTION pgvision.disable_auto_embed(regclass) IS
 -- are open to all, and row-level security narrows them to the tables a role can read
 -- (SELECT) or update (writes).
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgvision.backfill_progress, pgvision.backfill_errors TO PUBLIC;
+
+-- The bookkeeping of a table goes with it: a table created later may get the dropped one's
+-- OID and would otherwise inherit its progress and, worse, its error rows, which make
+-- embed_table skip rows. Dropping a feature column takes its rows too. SECURITY DEFINER
+-- because row-level security hides a dropped table's rows from everyone but the owner of
+-- the bookkeeping tables (the policies ask about privileges on an OID that no longer
+-- exists); the function does nothing but delete the rows of the objects just dropped.
+CREATE OR REPLACE FUNCTION pgvision._drop_backfill_rows()
+RETURNS event_trigger
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _tables oid[];
+BEGIN
+    SELECT pg_catalog.array_agg(DISTINCT d.objid) INTO _tables
+    FROM pg_catalog.pg_event_trigger_dropped_objects() d
+    WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+      AND d.object_type IN ('table', 'table column', 'foreign table', 'foreign table column');
+    -- nothing of interest, or pgvision itself is being dropped
+    IF _tables IS NULL OR pg_catalog.to_regclass('pgvision.backfill_progress') IS NULL
+       OR pg_catalog.to_regclass('pgvision.backfill_errors') IS NULL THEN
+        RETURN;
+    END IF;
+    -- A row goes when its table is gone or its feature column no longer exists.
+    DELETE FROM pgvision.backfill_progress p
+    WHERE p.tbl::oid = ANY (_tables)
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = p.tbl AND a.attname = p.feature_column
+                        AND a.attnum > 0 AND NOT a.attisdropped);
+    DELETE FROM pgvision.backfill_errors e
+    WHERE e.tbl::oid = ANY (_tables)
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = e.tbl AND a.attname = e.feature_column
+                        AND a.attnum > 0 AND NOT a.attisdropped);
+END
+$$;
+COMMENT ON FUNCTION pgvision._drop_backfill_rows() IS
+'internal: sql_drop event trigger function; deletes the backfill_progress and backfill_errors rows of dropped tables and dropped feature columns';
+REVOKE ALL ON FUNCTION pgvision._drop_backfill_rows() FROM PUBLIC;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger t WHERE t.evtname = 'pgvision_drop_backfill_rows') THEN
+        -- every command: tables and columns also go with DROP SCHEMA, TYPE, OWNED ... CASCADE
+        CREATE EVENT TRIGGER pgvision_drop_backfill_rows ON sql_drop
+            EXECUTE FUNCTION pgvision._drop_backfill_rows();
+    END IF;
+END
+$$;
+COMMENT ON EVENT TRIGGER pgvision_drop_backfill_rows IS
+'deletes the pgvision.embed_table bookkeeping of dropped tables and feature columns';
