@@ -74,12 +74,22 @@ DECLARE
     _beyond boolean;
     _union text;
 BEGIN
-    IF tbl IS NULL OR feature_column IS NULL THEN
-        RAISE EXCEPTION 'tbl and feature_column must not be null' USING ERRCODE = 'null_value_not_allowed';
+    IF tbl IS NULL OR feature_column IS NULL OR k IS NULL OR expand IS NULL THEN
+        RAISE EXCEPTION 'tbl, k, feature_column and expand must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF k IS NULL OR k < 1 THEN
-        RAISE EXCEPTION 'k must be at least 1, not %', coalesce(k::text, 'null')
+    IF k < 1 THEN
+        RAISE EXCEPTION 'k must be at least 1, not %', k
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Every comparison with NaN is false in SQL but NaN sorts above every number in
+    -- PostgreSQL, so c.distance <= 'NaN' kept every row; infinities mean no limit at all.
+    IF max_distance IN ('NaN', 'Infinity', '-Infinity') THEN
+        RAISE EXCEPTION 'max_distance must be a finite number, not %', max_distance
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'leave it NULL for no limit';
+    END IF;
+    IF min_similarity IN ('NaN', 'Infinity', '-Infinity') THEN
+        RAISE EXCEPTION 'min_similarity must be a finite number, not %', min_similarity
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'leave it NULL for no limit';
     END IF;
     _op := CASE _metric WHEN 'l2' THEN '<->' WHEN 'cosine' THEN '<=>' WHEN 'ip' THEN '<#>' END;
     IF _op IS NULL THEN
@@ -90,8 +100,15 @@ BEGIN
         RAISE EXCEPTION 'min_similarity applies to the cosine and ip metrics'
             USING ERRCODE = 'invalid_parameter_value', HINT = 'with l2, limit the distance with max_distance';
     END IF;
-    IF expand IS NULL OR expand < 0 OR expand > 1000 THEN
-        RAISE EXCEPTION 'expand must be between 0 and 1000, not %', coalesce(expand::text, 'null')
+    -- l2 and cosine distances are never negative (the ip "distance" is the negative inner
+    -- product, which may be): a negative limit would silently find nothing.
+    IF max_distance < 0 AND _metric IN ('l2', 'cosine') THEN
+        RAISE EXCEPTION 'max_distance must not be negative with the % metric, not %', _metric, max_distance
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = CASE _metric WHEN 'l2' THEN 'l2 distances are 0 or more' ELSE 'cosine distances are between 0 and 2' END;
+    END IF;
+    IF expand < 0 OR expand > 1000 THEN
+        RAISE EXCEPTION 'expand must be between 0 and 1000, not %', expand
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM pgvision._vector_column(tbl, feature_column);
@@ -114,8 +131,8 @@ BEGIN
         FROM pgvision._shard_key(tbl) s;
     END IF;
     _id := CASE WHEN _pk IS NULL THEN 'NULL::text'
-                WHEN pg_catalog.cardinality(_pk) = 1 THEN _pk[1] || '::text'
-                ELSE 'ROW(' || pg_catalog.array_to_string(_pk, ', ') || ')::text' END;
+                WHEN pg_catalog.cardinality(_pk) = 1 THEN _pk[1] || '::pg_catalog.text'
+                ELSE 'ROW(' || pg_catalog.array_to_string(_pk, ', ') || ')::pg_catalog.text' END;
     IF exclude_key IS NOT NULL AND pg_catalog.cardinality(_pk) IS DISTINCT FROM 1 THEN
         RAISE EXCEPTION 'cannot exclude a row of % by key without a single-column primary key', tbl
             USING ERRCODE = 'feature_not_supported';
@@ -132,14 +149,16 @@ BEGIN
       AND a.atttypid <> 'pg_catalog.bytea'::pg_catalog.regtype
       AND a.atttypid NOT IN (SELECT ty.oid FROM pg_catalog.pg_type ty JOIN pg_catalog.pg_namespace n ON n.oid = ty.typnamespace
                              WHERE n.nspname = _vs AND ty.typname IN ('vector', 'halfvec', 'sparsevec'));
-    _item := coalesce(_item, '''{}''::jsonb');
+    _item := coalesce(_item, '''{}''::pg_catalog.jsonb');
 
     -- $1 query vector (text), $2 key to exclude, $3 max_distance, $4 min_similarity, $5 query_no,
     -- $6 number of candidates
     _dist := pg_catalog.format('t.%I OPERATOR(%I.%s) $1::%I.vector', feature_column, _vs, _op, _vs);
     _sim := CASE _metric WHEN 'l2' THEN 'NULL::double precision'
-                         WHEN 'cosine' THEN '1 - c.distance' ELSE '-c.distance' END;
-    _ok := pg_catalog.format('($3::double precision IS NULL OR c.distance <= $3) AND ($4::double precision IS NULL OR %s >= $4)', _sim);
+                         WHEN 'cosine' THEN '1 OPERATOR(pg_catalog.-) c.distance'
+                         ELSE 'OPERATOR(pg_catalog.-) c.distance' END;
+    _ok := pg_catalog.format('($3::double precision IS NULL OR c.distance OPERATOR(pg_catalog.<=) $3)'
+                             ' AND ($4::double precision IS NULL OR %s OPERATOR(pg_catalog.>=) $4)', _sim);
     -- The filter is the caller's SQL, run with the caller's privileges; on lines of its own so
     -- that a trailing -- comment in it ends there.
     _where := pg_catalog.format('t.%I IS NOT NULL', feature_column)
@@ -167,7 +186,7 @@ BEGIN
 
         IF expand > 0 AND _union IS NOT NULL THEN
             EXECUTE pg_catalog.format(
-                'SELECT %1$I.avg(%2$s)::text FROM (SELECT $1::%1$I.vector AS f FROM pg_catalog.generate_series(1, $6) UNION ALL (WITH u AS MATERIALIZED (%3$s) SELECT t.%4$I FROM u AS t ORDER BY t.pgvision_distance LIMIT $6)) s',
+                'SELECT %1$I.avg(%2$s)::pg_catalog.text FROM (SELECT $1::%1$I.vector AS f FROM pg_catalog.generate_series(1, $6) UNION ALL (WITH u AS MATERIALIZED (%3$s) SELECT t.%4$I FROM u AS t ORDER BY t.pgvision_distance LIMIT $6)) s',
                 _vs, CASE WHEN _metric = 'cosine' THEN pg_catalog.format('%I.l2_normalize(s.f)', _vs) ELSE 's.f' END,
                 _union, feature_column)
             INTO _q USING _q, exclude_key, max_distance, min_similarity, i, expand;
@@ -176,7 +195,7 @@ BEGIN
             -- vectors for cosine), i.e. the query counted n times among the n rows. On
             -- Fashion-MNIST (cosine, n = 3) this beat the plain mean of all n + 1 vectors.
             EXECUTE pg_catalog.format(
-                'SELECT %1$I.avg(%2$s)::text FROM (SELECT $1::%1$I.vector AS f FROM pg_catalog.generate_series(1, %7$s) UNION ALL (SELECT t.%3$I FROM %4$s AS t WHERE %5$s ORDER BY %6$s LIMIT %7$s)) s',
+                'SELECT %1$I.avg(%2$s)::pg_catalog.text FROM (SELECT $1::%1$I.vector AS f FROM pg_catalog.generate_series(1, %7$s) UNION ALL (SELECT t.%3$I FROM %4$s AS t WHERE %5$s ORDER BY %6$s LIMIT %7$s)) s',
                 _vs, CASE WHEN _metric = 'cosine' THEN pg_catalog.format('%I.l2_normalize(s.f)', _vs) ELSE 's.f' END,
                 feature_column, tbl::text, _where, _dist, expand)
             INTO _q USING _q, exclude_key;
@@ -228,11 +247,25 @@ CREATE OR REPLACE FUNCTION pgvision.search(
     expand int DEFAULT 0)
 RETURNS TABLE (query_no int, rank int, id text, distance double precision,
                similarity double precision, item jsonb)
-LANGUAGE sql STABLE PARALLEL UNSAFE COST 100000 ROWS 10
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE COST 100000 ROWS 10
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'tbl must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- embed is strict: a NULL model or image would make a NULL query, which finds no rows
+    IF model IS NULL THEN
+        RAISE EXCEPTION 'model must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'leave it out for the default model, efficientnet_lite0';
+    END IF;
+    IF query IS NULL THEN
+        RAISE EXCEPTION 'query image must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    RETURN QUERY
     SELECT * FROM pgvision._search(tbl, ARRAY[pgvision.embed(query, model)::text], k, feature_column, metric,
-                                   filter, group_by, max_distance, min_similarity, expand, NULL)
+                                   filter, group_by, max_distance, min_similarity, expand, NULL);
+END
 $$;
 COMMENT ON FUNCTION pgvision.search(regclass, bytea, int, name, text, text, text, name, double precision, double precision, int) IS
 'the k rows of a table whose feature is nearest to an image''s, nearest first: query_no (1), rank, id (the primary key as text), distance (l2: <->, cosine: <=>, ip: <#>, the negative inner product), similarity (cosine: 1 - distance, ip: the inner product, l2: null), item (the row as jsonb without vector and bytea columns). metric defaults to the one the column''s pgvector index was built for (pgvision.create_index builds cosine ones), l2 when it has none. filter is a SQL condition on the table''s columns, run as the caller with search_path = pg_catalog, pg_temp (qualify your own functions); iterative index scans return k rows when k rows match it. group_by keeps the best row per value of a column; max_distance and min_similarity (cosine, ip) drop farther rows; expand => n searches again with a query made half of the original and half of the mean of its n nearest rows';
@@ -255,6 +288,16 @@ LANGUAGE plpgsql STABLE PARALLEL UNSAFE COST 1000000 ROWS 100
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'tbl must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF model IS NULL THEN
+        RAISE EXCEPTION 'model must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'leave it out for the default model, efficientnet_lite0';
+    END IF;
+    IF queries IS NULL THEN
+        RAISE EXCEPTION 'queries must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     IF pg_catalog.cardinality(queries) > 100 THEN
         RAISE EXCEPTION 'too many query images: %, the limit is 100', pg_catalog.cardinality(queries)
             USING ERRCODE = 'program_limit_exceeded', HINT = 'split the queries into several calls';
@@ -309,7 +352,7 @@ BEGIN
         RAISE EXCEPTION 'relation % has a primary key of % columns', tbl, pg_catalog.cardinality(_pk)
             USING ERRCODE = 'feature_not_supported', HINT = 'search_like needs a single-column primary key';
     END IF;
-    EXECUTE pg_catalog.format('SELECT true, t.%I::text FROM %s AS t WHERE t.%I = CAST($1 AS %s)',
+    EXECUTE pg_catalog.format('SELECT true, t.%I::pg_catalog.text FROM %s AS t WHERE t.%I = CAST($1 AS %s)',
                               feature_column, tbl, _pk[1], _pktype)
         INTO _found, _q USING key;
     IF _found IS NULL THEN

@@ -120,7 +120,7 @@ DECLARE
     _hint text;
 BEGIN
     RETURN QUERY EXECUTE pg_catalog.format('SELECT t.r::jsonb FROM %I.dblink($1, $2) AS t(r text)', _dblink)
-        USING srv, 'SELECT pg_catalog.to_jsonb(r)::text FROM (' || query || ') AS r';
+        USING srv, 'SELECT pg_catalog.to_jsonb(r)::pg_catalog.text FROM (' || query || ') AS r';
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS _state = RETURNED_SQLSTATE, _msg = MESSAGE_TEXT,
                             _detail = PG_EXCEPTION_DETAIL, _hint = PG_EXCEPTION_HINT;
@@ -140,9 +140,9 @@ DECLARE
     _info jsonb;
 BEGIN
     SELECT j INTO _info FROM pgvision._shard_json(srv,
-        'SELECT (SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname = ''pgvision'') AS pgvision,'
+        'SELECT (SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) ''pgvision'') AS pgvision,'
         ' (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n'
-        '  ON n.oid = e.extnamespace WHERE e.extname = ''vector'') AS vector_schema') AS j;
+        '  ON n.oid OPERATOR(pg_catalog.=) e.extnamespace WHERE e.extname OPERATOR(pg_catalog.=) ''vector'') AS vector_schema') AS j;
     IF _info ->> 'pgvision' IS NULL THEN
         RAISE EXCEPTION 'shard "%": pgvision is not installed', srv
             USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -288,9 +288,9 @@ BEGIN
     FOR _srv IN SELECT s.server FROM pgvision.shards s ORDER BY s.server LOOP
         BEGIN
             SELECT j INTO _info FROM pgvision._shard_json(_srv,
-                'SELECT (SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname = ''pgvision'') AS pgvision,'
+                'SELECT (SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) ''pgvision'') AS pgvision,'
                 ' (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n'
-                '  ON n.oid = e.extnamespace WHERE e.extname = ''vector'') AS vector_schema') AS j;
+                '  ON n.oid OPERATOR(pg_catalog.=) e.extnamespace WHERE e.extname OPERATOR(pg_catalog.=) ''vector'') AS vector_schema') AS j;
             shard := _srv;
             reachable := true;
             pgvision_version := _info ->> 'pgvision';
@@ -554,7 +554,8 @@ BEGIN
     LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped;
     -- One remote transaction per shard: its table, index and trigger all exist or none does.
-    _script := 'BEGIN; '
+    -- The shard runs it with the search_path the type names were written under here.
+    _script := 'BEGIN; SET LOCAL search_path = pg_catalog, pg_temp; '
         || pg_catalog.format('CREATE TABLE %I.%I (%s, PRIMARY KEY (%I)); ', _nsp, _rel, _cols, _key)
         || CASE WHEN metric IS NULL THEN '' ELSE pg_catalog.format(
                'SELECT pgvision.create_index(%L, %L, metric => %L, m => %s, ef_construction => %s); ',
@@ -640,8 +641,11 @@ BEGIN
         RAISE EXCEPTION 'tbl, image_column, feature_column, model and retry_errors must not be null'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF batch_size IS NULL OR batch_size < 1 THEN
-        RAISE EXCEPTION 'batch_size must be at least 1, not %', coalesce(batch_size::text, 'null')
+    IF batch_size IS NULL THEN
+        RAISE EXCEPTION 'batch_size must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1, not %', batch_size
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     _dblink := pgvision._dblink();
@@ -709,9 +713,10 @@ BEGIN
                     EXECUTE pg_catalog.format('SELECT t.r::jsonb FROM %I.dblink($1, $2) AS t(r text)', _dblink)
                         INTO _res
                         USING _conns[i], pg_catalog.format(
-                            'SELECT pg_catalog.to_jsonb(r)::text FROM (SELECT p.rows_done, p.errors, p.null_images,'
-                            ' extract(epoch FROM p.finished - p.started)::float8 AS seconds'
-                            ' FROM pgvision.backfill_progress p WHERE p.tbl = %L::pg_catalog.regclass AND p.feature_column = %L) r',
+                            'SELECT pg_catalog.to_jsonb(r)::pg_catalog.text FROM (SELECT p.rows_done, p.errors, p.null_images,'
+                            ' pg_catalog.date_part(''epoch'', p.finished OPERATOR(pg_catalog.-) p.started) AS seconds'
+                            ' FROM pgvision.backfill_progress p WHERE p.tbl OPERATOR(pg_catalog.=) %L::pg_catalog.regclass'
+                            ' AND p.feature_column OPERATOR(pg_catalog.=) %L::pg_catalog.name) r',
                             _remotes[i], feature_column);
                     _results[i] := _res;
                     RAISE NOTICE 'shard "%": % rows embedded in % s, % failed, % without image', _servers[i],
@@ -793,7 +798,7 @@ BEGIN
                (j ->> 'started')::timestamptz, (j ->> 'updated')::timestamptz, (j ->> 'finished')::timestamptz
         FROM pgvision._shard_json(_t.server, pg_catalog.format(
             'SELECT p.feature_column, p.rows_done, p.rows_left, p.errors, p.null_images, p.rate, p.started,'
-            ' p.updated, p.finished FROM pgvision.backfill_progress p WHERE p.tbl = %L::pg_catalog.regclass',
+            ' p.updated, p.finished FROM pgvision.backfill_progress p WHERE p.tbl OPERATOR(pg_catalog.=) %L::pg_catalog.regclass',
             _t.remote_table)) AS j;
     END LOOP;
 END
@@ -812,7 +817,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     _dblink text := pgvision._dblink();
-    _sql text := pg_catalog.format('SELECT pgvision.pipeline_run(%L, %L::bytea)::text', name, image);
+    _sql text := pg_catalog.format('SELECT pgvision.pipeline_run(%L::pg_catalog.text, %L::pg_catalog.bytea)::pg_catalog.text',
+                                   name, image);
     _srv name;
     _conn text;
     _open boolean;
