@@ -30,7 +30,7 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 def decode(data, background=(255, 255, 255), max_pixels=DEFAULT_MAX_PIXELS,
-           max_bytes=DEFAULT_MAX_BYTES, grey=False, later=None):
+           max_bytes=DEFAULT_MAX_BYTES, grey=False, later=None, check=None):
     """Decode image bytes to an RGB image, orientation applied, alpha composited.
 
     With ``grey``, an opaque greyscale image stays one 8-bit channel ("L"): resizing one
@@ -40,6 +40,7 @@ def decode(data, background=(255, 255, 255), max_pixels=DEFAULT_MAX_PIXELS,
     image; one that would need more is refused before it is decoded (LimitError, 54000).
     ``later(size, bytes_per_pixel)``, if given, is what the caller will need besides the
     returned image (see preprocess.resize_bytes), counted against the same bound.
+    ``check``, if given, is called between pieces of a conversion and may raise to stop.
     """
     if data is None or len(data) == 0:
         raise ImageError("image is empty", hint="pass the bytes of a JPEG, PNG, GIF, WebP, BMP or TIFF file")
@@ -77,7 +78,7 @@ def decode(data, background=(255, 255, 255), max_pixels=DEFAULT_MAX_PIXELS,
             peak = _frame_bytes(img) + (size[0] * size[1] * out_pixel + TILE_BYTES if converted else 0)
             resized = later(size, out_pixel) if later is not None else 0
             _check_budget(budget, width, height, max(peak, size[0] * size[1] * out_pixel + resized))
-            return to_rgb(img, background, grey, method)
+            return to_rgb(img, background, grey, method, check)
     except (ImageError, LimitError):
         raise
     except UnidentifiedImageError:
@@ -210,7 +211,7 @@ def _check_budget(budget, width, height, needed):
                  "store it smaller or as a PNG or baseline JPEG, or raise pgvision.max_pixels")
 
 
-def to_rgb(img, background=(255, 255, 255), grey=False, transpose=None):
+def to_rgb(img, background=(255, 255, 255), grey=False, transpose=None, check=None):
     """Any Pillow mode to 8-bit RGB (or L, with ``grey``); transparency goes onto ``background``;
     then ``transpose`` (an Image.Transpose), if given.
 
@@ -228,6 +229,8 @@ def to_rgb(img, background=(255, 255, 255), grey=False, transpose=None):
     size = (height, width) if transpose in _SWAPS else (width, height)
     out = None
     for box in _tiles(width, height):
+        if check is not None:
+            check()
         piece = img.crop(box)
         if convert is not None:
             piece = convert(piece)

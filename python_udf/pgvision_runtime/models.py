@@ -9,6 +9,7 @@ import concurrent.futures
 import hashlib
 import os
 import signal
+import threading
 import time
 import warnings
 
@@ -215,8 +216,8 @@ class Model:
                                 EXTERNAL_ROUTINE_EXCEPTION) from None
         return [np.asarray(r, dtype=np.float32) for r in result]
 
-    def prepare(self, data, limits):
-        img = images.decode(data, self.spec["background"], grey=True, **limits,
+    def prepare(self, data, limits, check=None):
+        img = images.decode(data, self.spec["background"], grey=True, **limits, check=check,
                             later=lambda size, pixel: preprocess.resize_bytes(size, pixel, self.spec))
         return preprocess.prepare(img, self.spec)
 
@@ -275,9 +276,9 @@ class Model:
         """
         self.run(np.zeros((1,) + self.input_shape, dtype=np.float32), release=True)
 
-    def _prepare_item(self, i, data, limits):
+    def _prepare_item(self, i, data, limits, check=None):
         try:
-            return self.prepare(data, limits)
+            return self.prepare(data, limits, check)
         except PgvisionError as e:
             e.message = f"image {i + 1}: {e.message}"
             raise
@@ -297,7 +298,7 @@ class Model:
                 return
             if check is not None:
                 check()
-            batch[j] = self._prepare_item(i, data, limits)
+            batch[j] = self._prepare_item(i, data, limits, check)
 
     def _prepare_parallel(self, chunk, batch, limits, check, workers):
         """Decode and resize the images of a chunk on ``workers`` threads.
@@ -307,8 +308,14 @@ class Model:
         error raised is the first image's that fails, as when one thread does it all; only
         this thread calls ``check`` (it runs SQL).
         """
+        stop = threading.Event()
+
+        def stopped():
+            if stop.is_set():
+                raise _Stopped()
+
         def work(j, i, data):
-            batch[j] = self._prepare_item(i, data, limits)
+            batch[j] = self._prepare_item(i, data, limits, stopped)
 
         pool = _pool(workers)
         # images.decode silences warnings with warnings.catch_warnings, which swaps the
@@ -320,10 +327,18 @@ class Model:
             futures = [pool.submit(work, j, i, data) for j, (i, data) in enumerate(chunk)]
             try:
                 for future in futures:
-                    if check is not None:
-                        check()
-                    future.result()
+                    # a cancel is seen while an image decodes, and stops the others at
+                    # their next piece, not at their end
+                    while True:
+                        if check is not None:
+                            check()
+                        try:
+                            future.result(timeout=CHECK_SECONDS)
+                            break
+                        except concurrent.futures.TimeoutError:
+                            continue
             finally:
+                stop.set()
                 for future in futures:
                     future.cancel()
                 concurrent.futures.wait(futures)
@@ -339,6 +354,13 @@ def _forget_frames(error):
             _forget_frames(error.__cause__)
         error = error.__context__
 
+
+class _Stopped(Exception):
+    """A decoding thread told to stop: the error that stopped the batch is raised instead."""
+
+
+# How often the waiting thread checks for a cancel while decoding threads work.
+CHECK_SECONDS = 0.05
 
 # Decoding threads for a chunk whose first image took at least this long (see _prepare_chunk).
 PARALLEL_MIN_SECONDS = 0.003
