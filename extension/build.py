@@ -11,9 +11,10 @@ SCRIPT (pgvision--VERSION.sql, the current version's install script, by default)
 - pgvision--OLD--VERSION.sql: the upgrade from OLD: the incremental files OLD did not have,
   then every idempotent file, between released/upgrade-begin.sql and upgrade-end.sql.
 
-Every PL/Python body's @PREAMBLE@ becomes preamble.py, and @RUNTIME_PATH@ becomes DIR in
-every script, the released ones too: all versions' SQL calls the one installed runtime
-folder (the pgvision.runtime_path GUC overrides it).
+Every PL/Python body's @PREAMBLE@ becomes preamble.py (in released scripts, the preamble
+they shipped with is replaced by the current one), and @RUNTIME_PATH@ becomes DIR in every
+script, the released ones too: all versions' SQL calls the one installed runtime folder
+(the pgvision.runtime_path setting, in postgresql.conf, overrides it).
 """
 
 import argparse
@@ -43,9 +44,25 @@ def sources(folder):
     return sorted((HERE / "sql" / folder).glob("*.sql"))
 
 
+def preamble():
+    return (HERE / "preamble.py").read_text().rstrip()
+
+
+# The preamble as a released script holds it, from its first line to its last.
+OLD_PREAMBLE = re.compile(r"^# pgvision preamble: .*?^from pgvision_runtime import sqlapi as pv$",
+                          re.M | re.S)
+
+
 def render(path):
-    preamble = (HERE / "preamble.py").read_text().rstrip()
-    return path.read_text().replace("@PREAMBLE@", preamble)
+    return path.read_text().replace("@PREAMBLE@", preamble())
+
+
+def released_script(old):
+    """A released install script as installed: its PL/Python bodies get the current
+    preamble, as they get the current runtime folder. The preamble decides which code the
+    server imports, so a fix to it reaches every version's functions."""
+    text = (RELEASED / f"pgvision--{old}.sql").read_text()
+    return OLD_PREAMBLE.sub(lambda m: preamble(), text)
 
 
 def section(path):
@@ -131,7 +148,7 @@ def script(name):
     if dst is None and src == cur:
         return install_script()
     if dst is None and src in older_releases():
-        return (RELEASED / f"pgvision--{src}.sql").read_text()
+        return released_script(src)
     if dst == cur and src in older_releases():
         return upgrade_script(src)
     raise BuildError(f"{name}: no such script; this tree builds {', '.join(scripts())}")

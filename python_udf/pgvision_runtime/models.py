@@ -29,8 +29,12 @@ def sha256(data):
     return hashlib.sha256(data).hexdigest()
 
 
-def inspect(onnx_bytes, spec, labels=None, max_bytes=DEFAULT_MAX_MODEL_BYTES):
-    """Validate a model for registration. Returns (normalized spec, feature dim, n_logits)."""
+def check_graph(onnx_bytes, max_bytes=DEFAULT_MAX_MODEL_BYTES):
+    """The checks that make ONNX bytes safe to hand to onnxruntime; returns the parsed model.
+
+    Run on registration and again whenever a backend loads a model from the registry, so a
+    model reaches a session only through them, whoever wrote its row.
+    """
     import onnx
     from onnx import external_data_helper
 
@@ -39,22 +43,18 @@ def inspect(onnx_bytes, spec, labels=None, max_bytes=DEFAULT_MAX_MODEL_BYTES):
     if max_bytes and len(onnx_bytes) > max_bytes:
         raise LimitError(f"model is larger than pgvision.max_model_bytes ({max_bytes}): "
                          f"{len(onnx_bytes)} bytes")
-    spec = specs.validate(spec)
     try:
         proto = onnx.load_model_from_string(bytes(onnx_bytes))  # never reads external files
     except Exception as e:  # protobuf raises its own DecodeError and friends
-        raise ModelError(f"model is not a valid ONNX file: {e}") from None
+        raise ModelError(f"model is not a valid ONNX file: {_first_line(e)}") from None
 
-    graph = proto.graph
     for t in _all_tensors(proto):
         if external_data_helper.uses_external_data(t):
             raise ModelError(f'model tensor "{t.name}" references external data',
                              sqlstate=INSUFFICIENT_PRIVILEGE,
                              hint="embed all weights in the file (onnx.save with save_as_external_data=False)")
     domains = {op.domain for op in proto.opset_import}
-    domains |= {n.domain for n in graph.node}
-    for f in proto.functions:
-        domains |= {n.domain for n in f.node}
+    domains |= {n.domain for n in _all_nodes(proto)}
     custom = sorted(d for d in domains if d not in ALLOWED_DOMAINS)
     # model-local functions are fine: they are graphs of standard operators
     custom = [d for d in custom if d not in {f.domain for f in proto.functions}]
@@ -62,6 +62,16 @@ def inspect(onnx_bytes, spec, labels=None, max_bytes=DEFAULT_MAX_MODEL_BYTES):
         raise ModelError(f'model uses operators from custom domain "{custom[0]}"',
                          sqlstate=INSUFFICIENT_PRIVILEGE,
                          hint="only standard ONNX operators can be registered")
+    return proto
+
+
+def inspect(onnx_bytes, spec, labels=None, max_bytes=DEFAULT_MAX_MODEL_BYTES):
+    """Validate a model for registration. Returns (normalized spec, feature dim, n_logits)."""
+    import onnx
+
+    spec = specs.validate(spec)
+    proto = check_graph(onnx_bytes, max_bytes)
+    graph = proto.graph
     try:
         onnx.checker.check_model(proto)
     except Exception as e:
@@ -102,6 +112,28 @@ def inspect(onnx_bytes, spec, labels=None, max_bytes=DEFAULT_MAX_MODEL_BYTES):
         if len(labels) != n_logits:
             raise ModelError(f"expected {n_logits} labels, not {len(labels)}")
     return spec, dim, n_logits
+
+
+def _all_nodes(proto):
+    """Every node of a model, in subgraphs (If, Loop, Scan bodies) and functions too."""
+    def from_graph(g):
+        for node in g.node:
+            yield node
+            for a in node.attribute:
+                if a.HasField("g"):
+                    yield from from_graph(a.g)
+                for sub in a.graphs:
+                    yield from from_graph(sub)
+
+    yield from from_graph(proto.graph)
+    for f in proto.functions:
+        for node in f.node:
+            yield node
+            for a in node.attribute:
+                if a.HasField("g"):
+                    yield from from_graph(a.g)
+                for sub in a.graphs:
+                    yield from from_graph(sub)
 
 
 def _all_tensors(proto):
@@ -378,14 +410,17 @@ def _release_options():
     return _release
 
 
-def _workers(threads):
-    """Threads for decoding: as many as onnxruntime's, where 0 means every core we may use."""
-    if threads > 0:
-        return threads
+def cpus():
+    """The cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def _workers(threads):
+    """Threads for decoding: as many as onnxruntime's, where 0 means every core we may use."""
+    return threads if threads > 0 else cpus()
 
 
 _pools = {}
@@ -410,24 +445,29 @@ def _pool(workers):
 
 
 class Cache:
-    """Loaded models of one backend, keyed by (sha256, threads)."""
+    """Loaded models of one backend, keyed by (sha256, spec, threads).
+
+    The spec is part of the key: two registrations of the same ONNX bytes with different
+    preprocessing or outputs are two models (they share the graph's shared copy, which
+    depends on the bytes alone).
+    """
 
     def __init__(self):
         self.models = {}
 
-    def get(self, sha, threads, load, shared=None, load_spec=None):
+    def get(self, sha, threads, load, shared=None, load_spec=None, spec_key=None):
         """``load()`` returns (onnx_bytes, spec); called only on a miss.
 
         With ``shared`` (a sharing.SharedModels), the model is opened from the server's
         shared copy, and ``load`` is called only to write it; ``load_spec()`` returns the
         spec alone.
         """
-        key = (sha, threads)
+        key = (sha, spec_key, threads)
         model = self.models.get(key)
         if model is None or model.sharing_asked != (shared is not None):
             # a different thread count or sharing setting for the same model replaces the
             # old session, which goes first so that its memory is free for the new one
-            for old in [k for k in self.models if k[0] == sha]:
+            for old in [k for k in self.models if k[:2] == key[:2]]:
                 del self.models[old]
             model = None
             if shared is not None:

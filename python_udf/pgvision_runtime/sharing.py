@@ -30,7 +30,7 @@ import stat
 import time
 import uuid
 
-FORMAT = 1
+FORMAT = 2  # 2: written only from bytes that passed models.check_graph
 FOLDER = "pgsql_tmp_pgvision_models"
 GRAPH, WEIGHTS, MANIFEST = "model.onnx", "model.weights", "manifest.json"
 STALE_SECONDS = 3600  # a temporary folder this old was left by a backend that died

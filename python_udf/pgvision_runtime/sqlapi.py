@@ -10,22 +10,32 @@ import os
 
 import numpy as np
 
-from . import images, models, sharing
+from . import errors, images, models, sharing, spec as specs
 from .errors import (CONFIG_FILE_ERROR, DATA_EXCEPTION, DUPLICATE_OBJECT, INVALID_PARAMETER_VALUE,
                      UNDEFINED_OBJECT, ModelError, PgvisionError)
 
-# GUC name -> (default, minimum) for integers, (default, None) for booleans.
+# GUC name -> (default, minimum) for integers, (default, None) for booleans. pgvision.so
+# defines them (extension/src/settings.c) with the same defaults and bounds; the runtime
+# checks again because a database whose functions never load pgvision.so (an extension
+# version without it) only has placeholders, which hold any text.
 SETTINGS = {
     "pgvision.threads": (0, 0),
+    "pgvision.threads_limit": (0, 0),
     "pgvision.max_pixels": (images.DEFAULT_MAX_PIXELS, 1),
+    "pgvision.max_pixels_limit": (images.DEFAULT_MAX_PIXELS, 1),
     "pgvision.max_image_bytes": (images.DEFAULT_MAX_BYTES, 1),
+    "pgvision.max_image_bytes_limit": (images.DEFAULT_MAX_BYTES, 1),
     "pgvision.max_model_bytes": (models.DEFAULT_MAX_MODEL_BYTES, 1),
     "pgvision.batch_size": (32, 1),
+    "pgvision.batch_size_limit": (64, 1),
     # off: each backend loads its own copy of a model from the registry (see sharing.py)
     "pgvision.share_models": (True, None),
     # on: embed_batch keeps onnxruntime's activation memory for the next call (see models.run)
     "pgvision.keep_batch_memory": (False, None),
 }
+
+# A role's setting and the superuser's ceiling on it: the smaller one is used.
+LIMITS = {name: name + "_limit" for name in SETTINGS if name + "_limit" in SETTINGS}
 
 # PostgreSQL's spellings of a boolean (parse_bool), without the unique-prefix forms
 BOOLEANS = {"on": True, "true": True, "yes": True, "1": True,
@@ -74,13 +84,11 @@ class State:
         gucs = ", ".join(f"pg_catalog.current_setting('{g}', true) AS g{i}"
                          for i, g in enumerate(SETTINGS))
         self.lookup = plpy.prepare(
-            f"SELECT m.sha256, {gucs} FROM pgvision.models m WHERE m.name = $1", ["text"])
-        self.settings_only = plpy.prepare(f"SELECT {gucs}")
-        self.load = plpy.prepare(
-            "SELECT onnx, spec::text AS spec FROM pgvision.models WHERE sha256 = $1 LIMIT 1",
+            f"SELECT m.sha256, m.spec::text AS spec, {gucs} FROM pgvision.models m WHERE m.name = $1",
             ["text"])
-        self.load_spec = plpy.prepare(
-            "SELECT spec::text AS spec FROM pgvision.models WHERE sha256 = $1 LIMIT 1", ["text"])
+        self.settings_only = plpy.prepare(f"SELECT {gucs}")
+        # by name: two names may hold the same bytes with different specs
+        self.load = plpy.prepare("SELECT onnx FROM pgvision.models WHERE name = $1", ["text"])
         # a backend's working directory is the data directory: private to the server's user
         self.shared = sharing.SharedModels(os.path.join(os.getcwd(), sharing.FOLDER),
                                            log=plpy.debug)
@@ -91,6 +99,8 @@ class State:
             ["text"])
         self.nothing = plpy.prepare("SELECT")
         self.model_exists = plpy.prepare("SELECT 1 FROM pgvision.models WHERE name = $1", ["text"])
+        self.model_pipelines = plpy.prepare(
+            "SELECT name FROM pgvision.pipelines WHERE model = $1 ORDER BY name LIMIT 1", ["text"])
         self.pipeline_exists = plpy.prepare(
             "SELECT 1 FROM pgvision.pipelines WHERE name = $1", ["text"])
 
@@ -123,6 +133,15 @@ def _settings(values):
             raise PgvisionError(f'invalid value for {name}: "{raw}"', INVALID_PARAMETER_VALUE,
                                 hint=f"expected an integer of at least {minimum}")
         out[name] = value
+    for name, limit in LIMITS.items():
+        if name == "pgvision.threads":
+            continue
+        out[name] = min(out[name], out[limit])
+    # threads 0 is onnxruntime's own choice (a thread per core); a ceiling makes it a number
+    cpus = models.cpus()
+    ceiling = min(out["pgvision.threads_limit"] or cpus, cpus)
+    if out["pgvision.threads_limit"] or out["pgvision.threads"] > cpus:
+        out["pgvision.threads"] = min(out["pgvision.threads"] or ceiling, ceiling)
     return out
 
 
@@ -148,16 +167,30 @@ def model(plpy, GD, name):
         raise _no_such_model(name)
     row = rows[0]
     conf = _settings([row[f"g{i}"] for i in range(len(SETTINGS))])
+    spec = _stored_spec(name, row["spec"])
 
     def load():
-        r = plpy.execute(st.load, [row["sha256"]])[0]
-        return r["onnx"], json.loads(r["spec"])
-
-    def load_spec():
-        return json.loads(plpy.execute(st.load_spec, [row["sha256"]])[0]["spec"])
+        # The same checks as registration, whoever wrote the row: a model reaches onnxruntime
+        # only through them.
+        onnx_bytes = plpy.execute(st.load, [name])[0]["onnx"]
+        if models.sha256(onnx_bytes) != row["sha256"]:
+            raise ModelError(f'model "{name}" does not match its sha256',
+                             hint="the registry row was changed by hand; drop and register the model again")
+        models.check_graph(onnx_bytes, conf["pgvision.max_model_bytes"])
+        return onnx_bytes, spec
 
     shared = st.shared if conf["pgvision.share_models"] else None
-    return st.cache.get(row["sha256"], conf["pgvision.threads"], load, shared, load_spec), conf
+    return st.cache.get(row["sha256"], conf["pgvision.threads"], load, shared, lambda: spec,
+                        spec_key=row["spec"]), conf
+
+
+def _stored_spec(name, text):
+    try:
+        return specs.validate(json.loads(text))
+    except ModelError as e:
+        raise ModelError(f'model "{name}" has an {e.message}', hint=e.hint) from None
+    except (ValueError, RecursionError):
+        raise ModelError(f'model "{name}" has an invalid model spec') from None
 
 
 def interrupt_check(plpy, GD):
@@ -231,6 +264,9 @@ def _embed_batch(plpy, GD, image_list, model_name, form, keep_memory=False):
     activation memory for the next batch (release_batch_memory gives it back)."""
     if image_list is None:
         return None
+    if any(isinstance(item, list) for item in image_list):
+        raise PgvisionError("images must be a one-dimensional array", INVALID_PARAMETER_VALUE,
+                            hint="pass a bytea[] of one dimension, e.g. array_agg(image)")
     m, conf = model(plpy, GD, model_name)
     keep = keep_memory or conf["pgvision.keep_batch_memory"]
     features = m.embed_many(list(image_list), _limits(conf), batch_size=conf["pgvision.batch_size"],
@@ -296,19 +332,81 @@ def register_model(plpy, GD, name, onnx_bytes, spec_json, labels, builtin=False)
         raise PgvisionError(f'model "{name}" already exists', DUPLICATE_OBJECT,
                             hint="a model never changes under its name: register the new version "
                                  "under a new name")
-    conf = settings(plpy, GD)
-    try:
-        spec = json.loads(spec_json)
-    except ValueError as e:
-        raise ModelError(f"invalid model spec: {e}") from None
-    spec, dim, _ = models.inspect(onnx_bytes, spec, labels, conf["pgvision.max_model_bytes"])
-    sha = models.sha256(onnx_bytes)
+    # registry_write, the table's trigger, checks the model and fills in sha256 and dim
     plan = plpy.prepare(
         "INSERT INTO pgvision.models (name, sha256, dim, spec, labels, onnx, builtin) "
-        "VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)",
-        ["text", "text", "int4", "text", "text[]", "bytea", "bool"])
-    plpy.execute(plan, [name, sha, dim, json.dumps(spec), labels, onnx_bytes, builtin])
-    return sha
+        "VALUES ($1, NULL, NULL, $2::jsonb, $3, $4, $5) RETURNING sha256",
+        ["text", "text", "text[]", "bytea", "bool"])
+    try:
+        return plpy.execute(plan, [name, spec_json, labels, onnx_bytes, builtin])[0]["sha256"]
+    except plpy.SPIError as e:
+        raise _passed_on(e) from None
+
+
+def _passed_on(e):
+    """An error of SQL this module ran (a trigger's, say) as the PgvisionError it was, so
+    the caller reads the message and hint once, not wrapped in the exception's class name."""
+    message = str(e).split("\n")[0]
+    if message.startswith("pgvision: "):
+        message = message[len("pgvision: "):]
+    spidata = getattr(e, "spidata", None) or ()
+    detail = spidata[1] if len(spidata) > 1 else None
+    hint = spidata[2] if len(spidata) > 2 else None
+    return PgvisionError(message, getattr(e, "sqlstate", None) or DATA_EXCEPTION, hint=hint,
+                         detail=detail)
+
+
+def _parse_json(text, what):
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise PgvisionError(f"invalid {what}: {e}", INVALID_PARAMETER_VALUE) from None
+    except RecursionError:
+        raise PgvisionError(f"invalid {what}: nested too deeply", INVALID_PARAMETER_VALUE) from None
+
+
+def _is_superuser(plpy):
+    return plpy.execute("SELECT r.rolsuper FROM pg_catalog.pg_roles r "
+                        "WHERE r.rolname = pg_catalog.current_user()")[0]["rolsuper"]
+
+
+@sql_errors
+def registry_write(plpy, GD, TD):
+    """The trigger of pgvision.models and pgvision.pipelines: every write to the registry
+    (register_model, a raw INSERT, the COPY of pg_restore) passes the same checks, and a
+    registered model or pipeline never changes under its name."""
+    table, event = TD["table_name"], TD["event"]
+    kind = "model" if table == "models" else "pipeline"
+    row = TD["new"] if event != "DELETE" else TD["old"]
+    if event == "UPDATE":
+        raise PgvisionError(f'cannot change {kind} "{TD["old"]["name"]}": a registered {kind} never '
+                            "changes under its name", "0A000",
+                            hint="register the new version under a new name")
+    if event == "DELETE":
+        if row["builtin"]:
+            raise PgvisionError(f'{kind} "{row["name"]}" is installed with the extension',
+                                "2BP01", hint=f"built-in {kind}s go away with DROP EXTENSION pgvision")
+        if kind == "model":
+            used = plpy.execute(state(plpy, GD).model_pipelines, [row["name"]])
+            if used:
+                raise PgvisionError(f'model "{row["name"]}" is used by pipeline "{used[0]["name"]}"',
+                                    "2BP01", hint="drop the pipeline first with pgvision.pipeline_drop")
+        return None
+    _check_name(row["name"], kind)
+    if row["builtin"] and not _is_superuser(plpy):
+        raise PgvisionError(f'only a superuser can add built-in {kind} "{row["name"]}"',
+                            errors.INSUFFICIENT_PRIVILEGE,
+                            hint="built-in rows come with CREATE EXTENSION pgvision")
+    if kind == "pipeline":
+        row["options"] = json.dumps(_pipeline_options(row["options"]))
+        return "MODIFY"
+    conf = settings(plpy, GD)
+    spec, dim, _ = models.inspect(row["onnx"], _parse_json(row["spec"], "model spec"),
+                                  row["labels"], conf["pgvision.max_model_bytes"])
+    row["sha256"] = models.sha256(row["onnx"])
+    row["dim"] = dim
+    row["spec"] = json.dumps(spec)
+    return "MODIFY"
 
 
 @sql_errors
@@ -345,10 +443,7 @@ PIPELINE_OPTIONS = {"output": ("feature", "logits"), "normalize": (True, False)}
 
 
 def _pipeline_options(options_json):
-    try:
-        options = json.loads(options_json) if options_json else {}
-    except ValueError as e:
-        raise PgvisionError(f"invalid pipeline options: {e}", INVALID_PARAMETER_VALUE) from None
+    options = _parse_json(options_json, "pipeline options") if options_json else {}
     if not isinstance(options, dict):
         raise PgvisionError("pipeline options must be a JSON object", INVALID_PARAMETER_VALUE)
     for key, value in options.items():
@@ -402,7 +497,9 @@ def pipeline_run(plpy, GD, name, image):
     return json.dumps(result)
 
 
-def runtime_info(runtime_dir):
+def runtime_info(runtime_dir, plpy=None, GD=None):
+    """Versions, and with plpy the settings as this backend applies them (each cut to its
+    superuser ceiling)."""
     import sys
 
     import numpy
@@ -410,7 +507,14 @@ def runtime_info(runtime_dir):
     import PIL
 
     from . import __version__
-    return json.dumps({
+    info = {
         "runtime": __version__, "runtime_path": runtime_dir, "python": sys.version.split()[0],
         "numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__,
-        "pillow": PIL.__version__, "providers": onnxruntime.get_available_providers()})
+        "pillow": PIL.__version__, "providers": onnxruntime.get_available_providers()}
+    if plpy is not None:
+        try:
+            conf = settings(plpy, GD)
+        except PgvisionError as e:
+            raise _sql_error(plpy, e) from None
+        info["settings"] = {k: v for k, v in conf.items() if not k.endswith("_limit")}
+    return json.dumps(info)

@@ -10,6 +10,25 @@ COMMENT ON COLUMN pgvision.models.labels IS 'class names of the logits output, u
 COMMENT ON COLUMN pgvision.models.onnx IS 'the ONNX model file';
 COMMENT ON COLUMN pgvision.models.builtin IS 'installed with the extension (and not dumped by pg_dump, since CREATE EXTENSION brings it back)';
 
+-- Every write to the registry tables, whoever makes it (register_model, a raw INSERT by a
+-- member of pgvision_admin, the COPY of a restore), runs register_model's checks here; a
+-- row never changes. Models are checked again when a backend loads one.
+CREATE OR REPLACE FUNCTION pgvision._registry_write()
+RETURNS trigger
+LANGUAGE plpython3u VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $python$
+@PREAMBLE@
+return pv.registry_write(plpy, GD, TD)
+$python$;
+COMMENT ON FUNCTION pgvision._registry_write() IS
+'internal: trigger of pgvision.models and pgvision.pipelines; checks every new row as register_model and pipeline_create do, refuses changes to a row, and deletes of built-in or used ones';
+
+CREATE OR REPLACE TRIGGER registry_write BEFORE INSERT OR UPDATE OR DELETE ON pgvision.models
+FOR EACH ROW EXECUTE FUNCTION pgvision._registry_write();
+COMMENT ON TRIGGER registry_write ON pgvision.models IS
+'every new model passes register_model''s checks; a model never changes; built-in and used models stay';
+
 CREATE OR REPLACE FUNCTION pgvision.register_model(name text, onnx bytea, spec jsonb,
                                                    labels text[] DEFAULT NULL)
 RETURNS text

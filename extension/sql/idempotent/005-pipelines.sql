@@ -3,6 +3,11 @@
 COMMENT ON TABLE pgvision.pipelines IS
 'named feature-extraction pipelines: a model and options, run by pgvision.pipeline_run';
 
+CREATE OR REPLACE TRIGGER registry_write BEFORE INSERT OR UPDATE OR DELETE ON pgvision.pipelines
+FOR EACH ROW EXECUTE FUNCTION pgvision._registry_write();
+COMMENT ON TRIGGER registry_write ON pgvision.pipelines IS
+'every new pipeline passes pipeline_create''s checks; a pipeline never changes; built-in ones stay';
+
 CREATE OR REPLACE FUNCTION pgvision.pipeline_create(name text, model text, options jsonb DEFAULT '{}')
 RETURNS text
 LANGUAGE plpython3u VOLATILE PARALLEL UNSAFE
