@@ -620,7 +620,7 @@ def test_cache_new_thread_count_replaces_the_session():
     one = cache.get(sha, 1, load)
     two = cache.get(sha, 2, load)
     assert two is not one
-    assert list(cache.models) == [(sha, 2)]
+    assert list(cache.models) == [(sha, None, 2)]
 
 
 # -------------------------------------------------------------------------- default model

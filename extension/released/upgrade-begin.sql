@@ -9,7 +9,7 @@
 -- and its initial privileges; upgrade-end.sql settles both.
 DO $pgvision_upgrade$
 BEGIN
-    PERFORM pg_catalog.set_config('pgvision.upgrade_privileges', (
+    PERFORM pg_catalog.set_config('pgvision_upgrade.privileges', (
         WITH ext AS (
             SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname = 'pgvision'
         ), member AS (

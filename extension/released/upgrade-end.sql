@@ -59,7 +59,7 @@ BEGIN
         )
         SELECT b.acl::aclitem[] AS before, b.base::aclitem[] AS base, b.init,
                m.classid, m.objid, m.objsubid, m.target, m.acl AS now, m.dflt
-        FROM pg_catalog.jsonb_to_recordset(pg_catalog.current_setting('pgvision.upgrade_privileges')::jsonb)
+        FROM pg_catalog.jsonb_to_recordset(pg_catalog.current_setting('pgvision_upgrade.privileges')::jsonb)
              AS b(identity text, acl text[], base text[], init boolean)
         JOIN (SELECT m.*, o.type || ' ' || o.identity AS identity FROM members m
               CROSS JOIN LATERAL pg_catalog.pg_identify_object(m.classid, m.objid, m.objsubid) o) m
