@@ -246,6 +246,9 @@ def rgba_png():
     return big_rgba_png()
 
 
+THREAD_HEAP = 32 * MB
+
+
 def per_image_bound(pixels):
     return images.BYTES_PER_PIXEL * pixels + images.CONSTANT_BYTES
 
@@ -290,7 +293,8 @@ def test_embed_batch_of_six_stays_in_the_bound(fresh, rgba_png, capsys):
     c.execute("SELECT pgvision.embed_batch(%s)", [batch])
     peak = status(pid)["VmHWM"] - before
     n = workers(c, pid)
-    bound = n * per_image_bound(NEAR_LIMIT * NEAR_LIMIT) + len(batch) * PER_BATCH_IMAGE
+    # each decoding thread allocates from a heap of its own, which keeps some of what it freed
+    bound = n * (per_image_bound(NEAR_LIMIT * NEAR_LIMIT) + THREAD_HEAP) + len(batch) * PER_BATCH_IMAGE
     report(capsys, f"embed_batch of 6 such PNGs on {n} decoding threads: peak +{peak // MB} MB, "
                    f"bound {bound // MB} MB")
     assert peak < bound

@@ -418,3 +418,74 @@ def test_a_bad_value_is_refused_when_set(server, name, value):
         assert info.value.sqlstate in ("22023", "42501"), str(info.value)
     with fresh(server) as c:
         assert c.execute("SELECT pgvision.runtime_info() -> 'settings'").fetchone()[0] == settings
+
+
+# ------------------------------------------------------------------ other roles' data
+
+@pytest.fixture
+def secret(admin):
+    """A table of the superuser's that the plain role may not read or change."""
+    admin.execute("DROP TABLE IF EXISTS public.secret_images")
+    admin.execute("CREATE TABLE public.secret_images (id int PRIMARY KEY, image bytea, feature vector(1280))")
+    admin.execute("INSERT INTO public.secret_images VALUES (1, %s, pgvision.embed(%s))", [DOG, DOG])
+    admin.execute("REVOKE ALL ON public.secret_images FROM PUBLIC")
+    yield "public.secret_images"
+    admin.execute("DROP TABLE IF EXISTS public.secret_images")
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM pgvision.search('public.secret_images', %(dog)s)",
+    "SELECT * FROM pgvision.search_like('public.secret_images', '1')",
+    "SELECT * FROM pgvision.search_batch('public.secret_images', ARRAY[%(dog)s])",
+    "CALL pgvision.embed_table('public.secret_images', 'image', 'feature')",
+    "SELECT pgvision.enable_auto_embed('public.secret_images', 'image', 'feature')",
+    "SELECT pgvision.disable_auto_embed('public.secret_images')",
+    "SELECT pgvision.create_index('public.secret_images', 'feature')",
+    "SELECT pgvision.create_ann_index('public.secret_images', 'feature', '{\"dim\": \"1280\"}')",
+    "SELECT pgvision._install_builtin_models()",
+    "SELECT pgvision._embed_table_batch('public.secret_images', 'image', 'feature', 'efficientnet_lite0', 8,"
+    " 'id', false, NULL, 'public')",
+])
+def test_a_plain_role_reaches_no_table_it_may_not(conn, secret, sql):
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute(sql, {"dog": DOG})
+    assert info.value.sqlstate == "42501", str(info.value)
+
+
+def test_a_search_filter_runs_with_the_callers_privileges(conn, secret, admin):
+    conn.execute("CREATE TABLE IF NOT EXISTS mine (id int PRIMARY KEY, image bytea, feature vector(1280))")
+    try:
+        conn.execute("INSERT INTO mine VALUES (1, %s, pgvision.embed(%s)) ON CONFLICT DO NOTHING", [DOG, DOG])
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute("SELECT * FROM pgvision.search('mine', %s, filter => "
+                         "'EXISTS (SELECT FROM public.secret_images)')", [DOG])
+        assert info.value.sqlstate == "42501"
+    finally:
+        conn.execute("DROP TABLE IF EXISTS mine")
+
+
+def test_backfill_bookkeeping_of_tables_a_role_cannot_read_is_invisible(conn, secret, admin):
+    admin.execute("CALL pgvision.embed_table('public.secret_images', 'image', 'feature')")
+    assert admin.execute("SELECT count(*) FROM pgvision.backfill_progress WHERE tbl = %s::regclass",
+                         [secret]).fetchone()[0] == 1
+    assert not conn.execute("SELECT 1 FROM pgvision.backfill_progress WHERE tbl = %s::regclass",
+                            [secret]).fetchone()
+
+
+@pytest.mark.parametrize("sql", [
+    "ALTER SYSTEM SET pgvision.runtime_path = '/tmp'",
+    "LOAD '/tmp/anything'",
+    "SELECT pg_read_binary_file('global/1260')",
+    "CREATE FUNCTION evil() RETURNS int LANGUAGE plpython3u AS 'return 1'",
+])
+def test_pgvision_admin_is_no_superuser(curator, sql):
+    with pytest.raises(psycopg.Error) as info:
+        curator.execute(sql)
+    assert info.value.sqlstate == "42501", str(info.value)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", "x" * 64, "a b", "x;drop"])
+def test_model_names_are_names_not_paths(curator, name):
+    with pytest.raises(psycopg.Error) as info:
+        curator.execute("SELECT pgvision.register_model(%s, %s, %s)", [name, tiny_model(), json.dumps(TINY_SPEC)])
+    assert info.value.sqlstate == "22023", str(info.value)
