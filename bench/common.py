@@ -6,8 +6,6 @@ BENCHMARKS.md); plots go beside them through ``plot_path``. bench/report.py asse
 BENCHMARKS.md from the sections, so every number in it is one a script measured.
 """
 
-import gzip
-import io
 import json
 import os
 import pathlib
@@ -23,59 +21,42 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 WORK = pathlib.Path(os.environ.get("PGVISION_BENCH_DIR", "/var/tmp/pgvision-bench"))
 MODEL_DIR = pathlib.Path(os.environ.get("PGVISION_MODEL_DIR", ROOT / "build" / "model"))
-FASHION = pathlib.Path("/usr/share/datasets/fashion-mnist")
-DARKNET = pathlib.Path("/usr/share/darknet/data")
-PHOTOS = ["dog", "eagle", "giraffe", "horses", "kite", "person", "scream"]
 LIMITS = {"max_pixels": 50_000_000, "max_bytes": 64 << 20}
 
 sys.path.insert(0, str(ROOT / "client"))
 sys.path.insert(0, str(ROOT / "python_udf"))
-from pgvision_client import demo  # noqa: E402
+from pgvision_client import datasets, server  # noqa: E402
+from pgvision_client.datasets import FASHION_CLASSES as CLASSES, photos  # noqa: E402,F401
 from pgvision_runtime import models, spec as specs  # noqa: E402
-
-CLASSES = demo.FASHION_CLASSES
 
 
 # ---------------------------------------------------------------- data
 
 def fashion(split):
     """(images uint8 [N, 28, 28], labels uint8 [N]) of Fashion-MNIST 'train' or 'test'."""
-    prefix = "train" if split == "train" else "t10k"
-    with gzip.open(FASHION / f"{prefix}-images-idx3-ubyte.gz") as f:
-        raw = f.read()
-    with gzip.open(FASHION / f"{prefix}-labels-idx1-ubyte.gz") as f:
-        labels = np.frombuffer(f.read()[8:], dtype=np.uint8)
-    images = np.frombuffer(raw[16:], dtype=np.uint8).reshape(-1, 28, 28)
-    return images, labels
+    return datasets.Fashion(split).arrays()
 
 
 def png_bytes(pixels):
     """One 28x28 grey image as PNG bytes, as a user would store it."""
     from PIL import Image
 
-    out = io.BytesIO()
-    Image.fromarray(pixels, "L").save(out, "PNG")
-    return out.getvalue()
+    return datasets.encode(Image.fromarray(pixels, "L"))
 
 
 def fashion_pngs(split, n=None):
     """PNG files of a split under WORK/png/SPLIT, written once; returns their paths."""
-    images, _ = fashion(split)
-    n = len(images) if n is None else n
+    data = datasets.Fashion(split)
+    n = len(data) if n is None else n
     folder = WORK / "png" / split
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
         path = folder / f"{i:05d}.png"
         if not path.exists():
-            path.write_bytes(png_bytes(images[i]))
+            path.write_bytes(data.png(i))
         paths.append(path)
     return paths
-
-
-def photos():
-    """Debian's darknet sample photos (JPEG bytes of a few hundred KB, real camera images)."""
-    return [(DARKNET / f"{n}.jpg").read_bytes() for n in PHOTOS]
 
 
 # ---------------------------------------------------------------- model
@@ -89,29 +70,11 @@ def default_model(threads=0):
 
 # ---------------------------------------------------------------- server
 
-class Server(demo.Server):
-    """A throwaway cluster (the demo's) under WORK/NAME with extra settings after start."""
-
-    def __init__(self, name, port, settings=None):
-        WORK.mkdir(parents=True, exist_ok=True)
-        os.chmod(WORK, 0o755)
-        super().__init__(WORK / name, port)
-        self.settings = settings or {}
-
-    def __enter__(self):
-        import psycopg
-
-        self.prepare()
-        self.start()
-        if self.settings:
-            with psycopg.connect(self.conninfo, autocommit=True) as c:
-                for k, v in self.settings.items():
-                    c.execute(f"ALTER SYSTEM SET {k} = '{v}'")
-                c.execute("SELECT pg_reload_conf()")
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
+def Server(name, port, settings=None):
+    """A throwaway server (pgvision_client.server) in WORK/NAME, ``settings`` set after start."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    os.chmod(WORK, 0o755)
+    return server.Server(WORK / name, port, settings)
 
 
 # ---------------------------------------------------------------- measuring

@@ -27,8 +27,9 @@ stored absolute. A re-run loads only what is new: files whose path is in the tab
 read, files whose content (sha256) is there under another path are skipped as duplicates.
 Files that cannot be read, are not images pgvision decodes (checked with Pillow), or whose
 embedding fails in the server are reported at the end (and in --report FILE) and do not
-stop the run. Embedding (unless --no-embed) fills every NULL feature of the table, so a
-row whose image the server refuses keeps a NULL feature and is reported again next run.
+stop the run. Embedding (unless --no-embed) is CALL pgvision.embed_table: it fills every
+NULL feature of the table, so a row whose image the server refuses keeps a NULL feature
+and is reported again next run.
 
 exit status: 0 every file is loaded (or was already) and embedded; duplicates do not count
 as problems. 3 the run finished but some files were reported; all others were loaded.
@@ -38,11 +39,13 @@ stay loaded, and a re-run resumes. 2 invalid arguments.
 {CONNECTION_HELP}"""
 
 SEARCH_EPILOG = f"""\
-The table needs the columns id and feature (filled by pgvision.embed with the same model);
-path and class are shown when present; image (bytea) is read for --html. Tables created by
-`pgvision load` have them all. Distances: l2 (<->), cosine distance (<=>), ip: negative
-inner product (<#>); smaller is nearer for all three. --where is SQL on the table's columns,
-added to the WHERE clause as it is.
+The search is pgvision.search. The table needs the columns id (its primary key) and
+feature (filled by pgvision.embed with the same model); path and class are shown when
+present; image (bytea) is read for --html. Tables created by `pgvision load` have them all.
+Distances: l2 (<->), cosine distance (<=>), ip: negative inner product (<#>); smaller is
+nearer for all three; without --metric, the one the feature column's index was built for
+(pgvision.create_index). --where is SQL on the table's columns, pgvision.search's filter:
+it runs with search_path pg_catalog, so qualify your own functions.
 
 exit status: 0 results printed (possibly none), 1 an error, 2 invalid arguments.
 
@@ -81,7 +84,7 @@ def parser():
     lp.add_argument("--model", help=f"model in pgvision.models (default: the table's, else {db.DEFAULT_MODEL})")
     lp.add_argument("--class-from", choices=["parent-dir", "none"], default="parent-dir",
                     help="class of a file in a folder input (default: parent-dir)")
-    lp.add_argument("--batch", type=_positive, default=64, help="files per COPY and images per embed_batch (default: 64)")
+    lp.add_argument("--batch", type=_positive, default=64, help="files per COPY and rows per embed_table batch (default: 64)")
     lp.add_argument("--embed", action=argparse.BooleanOptionalAction, default=True,
                     help="compute missing features after loading (default: yes)")
     lp.add_argument("--report", metavar="FILE", help="also write the report as CSV: path,status,reason")
@@ -92,7 +95,8 @@ def parser():
     sp.add_argument("image", metavar="IMAGE", help="the query image file")
     sp.add_argument("--table", required=True, help="table name, optionally SCHEMA.TABLE")
     sp.add_argument("-k", type=_positive, default=10, help="number of results (default: 10)")
-    sp.add_argument("--metric", choices=["l2", "cosine", "ip"], default="l2", help="distance (default: l2)")
+    sp.add_argument("--metric", choices=["l2", "cosine", "ip"],
+                    help="distance (default: the one the feature column's index was built for)")
     sp.add_argument("--where", help="SQL condition on the table's rows, e.g. \"class = 'dog'\"")
     sp.add_argument("--model", help=f"model in pgvision.models (default: the table's, else {db.DEFAULT_MODEL})")
     sp.add_argument("--html", metavar="FILE", help="also write a self-contained HTML contact sheet")
@@ -105,7 +109,7 @@ def parser():
     dp.add_argument("--port", type=_positive, default=54329, help="port number of the unix socket (default: %(default)s)")
     dp.add_argument("--sample", type=_positive, default=1000, help="Fashion-MNIST training images to load (default: %(default)s)")
     dp.add_argument("--queries", type=_positive, default=10, help="Fashion-MNIST test images per class for precision@10 (default: %(default)s)")
-    dp.add_argument("--batch", type=_positive, default=64, help="images per embed_batch (default: %(default)s)")
+    dp.add_argument("--batch", type=_positive, default=64, help="files per COPY and rows per embed_table batch (default: %(default)s)")
     return p
 
 
@@ -132,7 +136,8 @@ def run_search(args):
         print(search.format_table(rows) if rows else "no rows")
         if args.html:
             images = search.images_of(conn, args.table, [r["id"] for r in rows])
-            page = search.contact_sheet([(f"nearest {len(rows)} in {args.table} ({args.metric})",
+            metric = f" ({args.metric})" if args.metric else ""
+            page = search.contact_sheet([(f"nearest {len(rows)} in {args.table}{metric}",
                                           pathlib.Path(args.image).name, image, rows, images)])
             pathlib.Path(args.html).write_text(page, encoding="utf-8")
             print(f"contact sheet: {args.html}")

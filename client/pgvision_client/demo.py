@@ -1,21 +1,17 @@
 """`pgvision demo`: pgvision end to end on a throwaway server.
 
-initdb into a folder, start the server on a unix socket there, CREATE EXTENSION, load a
-sample of Fashion-MNIST and Debian's darknet photos with `load`, embed them in the
-database, build the HNSW index, search, measure precision@10 on Fashion-MNIST test images,
-write an HTML contact sheet, and stop the server whatever happens.
+Start a server in a folder (pgvision_client.server), CREATE EXTENSION, load a sample of
+Fashion-MNIST and Debian's darknet photos with `load`, embed them with
+pgvision.embed_table, index them with pgvision.create_index, search with pgvision.search,
+measure precision@10 on Fashion-MNIST test images, write an HTML contact sheet, and stop
+the server whatever happens.
 """
 
 import collections
 import csv
-import gzip
-import io
 import os
 import pathlib
-import shlex
-import shutil
 import signal
-import subprocess
 import sys
 import time
 
@@ -23,13 +19,11 @@ import psycopg
 from PIL import Image, ImageOps
 
 from . import db, load, search
+from .datasets import DARKNET, FASHION, FASHION_CLASSES, Fashion
 from .db import UserError
+from .server import Server
 
-FASHION = pathlib.Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
-                   "sneaker", "bag", "ankle boot"]
-DARKNET = pathlib.Path("/usr/share/darknet/data")
-MARKER = ".pgvision-demo"
+# What scripts/demo.sh leaves in the default folder, which the demo may replace.
 SQL_DEMO = {"data", "server.log"}
 DEFAULT_DIR = "/var/tmp/pgvision-demo"
 TABLE = "images"
@@ -37,102 +31,6 @@ TABLE = "images"
 
 def say(text=""):
     print(text, flush=True)
-
-
-class Fashion:
-    """One split of Fashion-MNIST read from Debian's idx files (no numpy needed)."""
-
-    def __init__(self, split):
-        prefix = "train" if split == "train" else "t10k"
-        with gzip.open(FASHION / f"{prefix}-images-idx3-ubyte.gz") as f:
-            self.raw = f.read()
-        with gzip.open(FASHION / f"{prefix}-labels-idx1-ubyte.gz") as f:
-            self.labels = f.read()[8:]
-        self.rows = int.from_bytes(self.raw[8:12], "big")
-        self.cols = int.from_bytes(self.raw[12:16], "big")
-
-    def image(self, i):
-        size = self.rows * self.cols
-        return Image.frombytes("L", (self.cols, self.rows), self.raw[16 + i * size:16 + (i + 1) * size])
-
-    def balanced(self, total=None, per_class=None):
-        """Indexes of the first images of each class: ``per_class`` each, or ``total`` in all."""
-        quota = per_class or -(-total // len(FASHION_CLASSES))
-        total = total or quota * len(FASHION_CLASSES)
-        taken, out = collections.Counter(), []
-        for i, label in enumerate(self.labels):
-            if taken[label] < quota:
-                taken[label] += 1
-                out.append(i)
-                if len(out) == total:
-                    break
-        return out
-
-
-class Server:
-    """A throwaway cluster in ``folder``, run as postgres when we are root."""
-
-    def __init__(self, folder, port):
-        self.folder = folder
-        self.data = folder / "data"
-        self.port = port
-        pg_config = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
-        try:
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True)
-        except (OSError, subprocess.CalledProcessError) as e:
-            raise UserError(f"cannot run {pg_config} --bindir ({e}): install PostgreSQL or set PG_CONFIG") from None
-        self.bindir = pathlib.Path(out.stdout.strip())
-        self.as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        self.conninfo = f"host={folder} port={port} user=postgres dbname=postgres"
-
-    def run(self, tool, *args):
-        cmd = self.as_pg + [str(self.bindir / tool), *args]
-        done = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            raise UserError(f"{tool} failed: {(done.stderr or done.stdout).strip()}")
-        return done
-
-    def prepare(self):
-        """An empty folder of ours: refuse to wipe a folder the demo did not make."""
-        f = self.folder
-        # Ours: marked, or what scripts/demo.sh leaves in the default folder (data/, server.log).
-        leftover = str(f) == DEFAULT_DIR and {p.name for p in f.iterdir()} <= SQL_DEMO if f.exists() else False
-        if f.exists() and any(f.iterdir()) and not (f / MARKER).exists() and not leftover:
-            raise UserError(f"{f} is not empty and not a pgvision demo folder: choose another --dir")
-        if (self.data / "postmaster.pid").exists() and self.running():
-            raise UserError(f"a server is running in {self.data} (another demo?): stop it with"
-                            f" pg_ctl -D {self.data} stop, or choose another --dir")
-        if f.exists():
-            shutil.rmtree(f)
-        f.mkdir(parents=True, mode=0o755)
-        (f / MARKER).write_text("a throwaway folder of `pgvision demo`, replaced by its next run\n")
-        if self.as_pg:
-            shutil.chown(f, "postgres", "postgres")
-            probe = subprocess.run(self.as_pg + ["test", "-w", str(f)], stdin=subprocess.DEVNULL)
-            if probe.returncode != 0:
-                raise UserError(f"the postgres user cannot write to {f} (a parent folder is closed to"
-                                " others?): choose a --dir postgres can reach, e.g. under /var/tmp")
-
-    def start(self):
-        self.run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
-        options = (f"-p {self.port} -k {shlex.quote(str(self.folder))} -c listen_addresses=''"
-                   " -c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-        log = self.folder / "server.log"
-        try:
-            self.run("pg_ctl", "-D", str(self.data), "-l", str(log), "-w", "-t", "120", "-o", options, "start")
-        except UserError as e:
-            tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.exists() else []
-            raise UserError("\n".join([str(e), *tail])) from None
-
-    def running(self):
-        status = subprocess.run(self.as_pg + [str(self.bindir / "pg_ctl"), "-D", str(self.data), "status"],
-                                capture_output=True, stdin=subprocess.DEVNULL)
-        return status.returncode == 0
-
-    def stop(self):
-        if (self.data / "postmaster.pid").exists():
-            subprocess.run(self.as_pg + [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
-                                         "stop"], capture_output=True, stdin=subprocess.DEVNULL)
 
 
 def _terminate(signum, frame):
@@ -144,7 +42,7 @@ def run(args):
     for need in (FASHION / "train-images-idx3-ubyte.gz", DARKNET / "dog.jpg"):
         if not need.exists():
             raise UserError(f"{need} is missing: apt-get install dataset-fashion-mnist darknet")
-    server = Server(folder, args.port)
+    server = Server(folder, args.port, leftovers=SQL_DEMO if str(folder) == DEFAULT_DIR else ())
     server.prepare()
     old = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
     start = time.monotonic()
@@ -170,11 +68,11 @@ def _write_sample(folder, sample):
     train = Fashion("train")
     images = folder / "images"
     rows = []
-    for i in train.balanced(total=sample):
-        cls = FASHION_CLASSES[train.labels[i]]
+    for i in train.balanced(-(-sample // len(FASHION_CLASSES)), sample):
+        cls = train.label(i)
         path = images / "fashion-mnist" / cls.replace(" ", "-") / f"train-{i:05d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        train.image(i).save(path)
+        path.write_bytes(train.png(i))
         rows.append((str(path.relative_to(folder)), cls))
     for photo in sorted(DARKNET.glob("*.jpg")):
         rows.append((str(photo), photo.stem))
@@ -205,7 +103,7 @@ def _demo(conn, folder, args):
     load.copy_files(conn, TABLE, items, args.batch, result)
     say(f"load: {result.loaded} files copied into table {TABLE} ({time.monotonic() - t:.1f} s)")
     t = time.monotonic()
-    load.embed_missing(conn, TABLE, db.DEFAULT_MODEL, args.batch, result)
+    load.embed_table(conn, TABLE, db.DEFAULT_MODEL, args.batch, result)
     took = time.monotonic() - t
     say(f"embed: {result.embedded} features computed in the database ({took:.1f} s,"
         f" {result.embedded / max(took, 1e-9):.1f} images/s)")
@@ -213,10 +111,10 @@ def _demo(conn, folder, args):
         load.print_report(result, sys.stdout)
 
     t = time.monotonic()
-    conn.execute(f"CREATE INDEX {TABLE}_feature_idx ON {TABLE} USING hnsw (feature vector_l2_ops)")
+    index = conn.execute("SELECT pgvision.create_index(%s::regclass, 'feature')", [TABLE]).fetchone()[0]
     conn.execute(f"ANALYZE {TABLE}")
     conn.commit()
-    say(f"index: HNSW on feature ({time.monotonic() - t:.1f} s)")
+    say(f"index: {index} by pgvision.create_index ({time.monotonic() - t:.1f} s)")
 
     queries = folder / "images" / "queries"
     queries.mkdir(parents=True, exist_ok=True)
@@ -231,16 +129,16 @@ def _demo(conn, folder, args):
 
     test = Fashion("test")
     for i in (0, 2):
-        cls = FASHION_CLASSES[test.labels[i]]
+        cls = test.label(i)
         path = queries / f"test-{i:05d}-{cls.replace(' ', '-')}.png"
-        test.image(i).save(path)
+        path.write_bytes(test.png(i))
         _show(conn, f"search: a Fashion-MNIST test image ({cls})", path.name, path.read_bytes(), sections)
 
     t = time.monotonic()
     hits, counts = collections.Counter(), collections.Counter()
-    for i in test.balanced(per_class=args.queries):
-        cls = FASHION_CLASSES[test.labels[i]]
-        data = _png(test.image(i))
+    for i in test.balanced(args.queries):
+        cls = test.label(i)
+        data = test.png(i)
         rows = search.search(conn, TABLE, data, k=10)
         hits[cls] += sum(r["class"] == cls for r in rows)
         counts[cls] += 10
@@ -257,8 +155,3 @@ def _demo(conn, folder, args):
     sheet.write_text(search.contact_sheet(sections, "pgvision demo"), encoding="utf-8")
     say(f"\ncontact sheet: {sheet}")
 
-
-def _png(img):
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()

@@ -5,12 +5,14 @@ file whose content (sha256) is already there, under another path, is skipped as 
 duplicate. Files that cannot be read or are not images are reported, never loaded.
 """
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
 import io
 import os
 import pathlib
+import threading
 import warnings
 
 import psycopg
@@ -26,12 +28,6 @@ from .db import UserError
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 # The columns `load` writes and `search` reads.
 LAYOUT = ("id", "path", "sha256", "class", "image", "feature")
-# SQLSTATE classes of errors that belong to one image: data exception (22P03 "image format
-# not recognized", ...), program limit exceeded (54000 "image is larger than ..."), and
-# external routine exception (38000, a decoder failing in PL/Python). Anything else (no
-# runtime, no privilege, a cancelled query) stops the command.
-IMAGE_ERROR_CLASSES = ("22", "54", "38")
-MIN_ID = -(2**63)
 
 
 @dataclasses.dataclass
@@ -214,66 +210,64 @@ def copy_files(conn, table, items, batch, result):
             bar.update(len(chunk))
 
 
-def _image_error(e):
-    state = getattr(e, "sqlstate", None) or ""
-    return state[:2] in IMAGE_ERROR_CLASSES
-
-
-def _message(e):
-    diag = getattr(e, "diag", None)
-    return (diag.message_primary if diag and diag.message_primary else str(e)).strip()
-
-
-def embed_missing(conn, table, model, batch, result):
-    """Fill NULL features, a batch per transaction, with pgvision.embed_batch.
-
-    A batch that fails is retried row by row with pgvision.embed, so one bad image costs
-    its own row only; those rows keep a NULL feature and are reported.
+def embed_table(conn, table, model, batch, result):
+    """Fill the table's NULL features with CALL pgvision.embed_table, ``batch`` rows per
+    transaction. It commits as it goes, so it runs in autocommit mode; the progress bar
+    follows pgvision.backfill_progress from a second connection. Rows whose image the server
+    refuses keep a NULL feature and are reported from pgvision.backfill_errors; retry_errors
+    makes every run try them again, so they stay reported until they are fixed.
     """
+    oid = db.table_oid(conn, table)
     t = db.table_ident(table)
-    has_path = "path" in db.columns(conn, db.table_oid(conn, table))
     todo = conn.execute(sql.SQL("SELECT count(*) FROM {t} WHERE feature IS NULL").format(t=t)).fetchone()[0]
     conn.commit()
-    update_batch = sql.SQL(
-        "UPDATE {t} AS t SET feature = b.feature"
-        " FROM (SELECT array_agg(id ORDER BY id) AS ids, array_agg(image ORDER BY id) AS imgs"
-        "       FROM {t} WHERE id = ANY(%(ids)s)) AS todo,"
-        "      unnest(todo.ids, pgvision.embed_batch(todo.imgs, %(model)s)) AS b (id, feature)"
-        " WHERE t.id = b.id").format(t=t)
-    update_one = sql.SQL(
-        "UPDATE {t} SET feature = pgvision.embed(image, %(model)s) WHERE id = %(id)s").format(t=t)
-    last = MIN_ID
-    with tqdm(total=todo, unit="img", desc="embed", disable=None) as bar:
-        while True:
-            ids = [r[0] for r in conn.execute(
-                sql.SQL("SELECT id FROM {t} WHERE feature IS NULL AND id > %s ORDER BY id LIMIT %s")
-                .format(t=t), [last, batch])]
-            if not ids:
-                conn.commit()
-                break
-            last = ids[-1]
-            try:
-                result.embedded += conn.execute(update_batch, {"ids": ids, "model": model}).rowcount
-                conn.commit()
-            except psycopg.Error as e:
-                conn.rollback()
-                if not _image_error(e):
-                    raise
-                for id_ in ids:
-                    try:
-                        result.embedded += conn.execute(update_one, {"id": id_, "model": model}).rowcount
-                        conn.commit()
-                    except psycopg.Error as e:
-                        conn.rollback()
-                        if not _image_error(e):
-                            raise
-                        name = f"id {id_}"
-                        if has_path:
-                            name = conn.execute(sql.SQL("SELECT path FROM {t} WHERE id = %s").format(t=t),
-                                                [id_]).fetchone()[0] or name
-                            conn.commit()
-                        result.problems.append(Problem(name, "embed failed", _message(e)))
-            bar.update(len(ids))
+    with tqdm(total=todo, unit="img", desc="embed", disable=None) as bar, _follow(conn, oid, bar):
+        conn.autocommit = True
+        try:
+            conn.execute("CALL pgvision.embed_table(%s::oid::regclass, 'image', 'feature', %s::text,"
+                         " batch_size => %s::int, retry_errors => true)", [oid, model, batch])
+        finally:
+            conn.autocommit = False
+        bar.n = todo
+    result.embedded += conn.execute(
+        "SELECT rows_done FROM pgvision.backfill_progress WHERE tbl = %s::oid AND feature_column = 'feature'",
+        [oid]).fetchone()[0]
+    failed = conn.execute(sql.SQL(
+        "SELECT t.path, e.error FROM pgvision.backfill_errors AS e JOIN {t} AS t ON t.id = e.key::{ty}"
+        " WHERE e.tbl = %s::oid AND e.feature_column = 'feature' AND t.feature IS NULL ORDER BY t.id").format(
+            t=t, ty=sql.SQL(db.columns(conn, oid)["id"])), [oid])
+    result.problems += [Problem(path, "embed failed", error) for path, error in failed]
+    conn.commit()
+
+
+@contextlib.contextmanager
+def _follow(conn, oid, bar):
+    """While the body runs embed_table on ``conn``, move ``bar`` to the rows it has done."""
+    if bar.disable:
+        yield
+        return
+    stop = threading.Event()
+
+    def poll():
+        try:
+            with psycopg.connect(conn.info.dsn, password=conn.info.password or None, autocommit=True) as c:
+                while not stop.wait(0.5):
+                    row = c.execute("SELECT rows_done + errors + null_images FROM pgvision.backfill_progress"
+                                    " WHERE tbl = %s::oid AND feature_column = 'feature' AND pid = %s",
+                                    [oid, conn.info.backend_pid]).fetchone()
+                    if row:
+                        bar.n = row[0]
+                        bar.refresh()
+        except psycopg.Error:
+            pass  # no progress shown; the embedding goes on
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def load(conn, table, items, model=None, batch=64, embed=True):
@@ -281,7 +275,7 @@ def load(conn, table, items, model=None, batch=64, embed=True):
     model = ensure_table(conn, table, model)
     copy_files(conn, table, items, batch, result)
     if embed:
-        embed_missing(conn, table, model, batch, result)
+        embed_table(conn, table, model, batch, result)
     return result
 
 

@@ -1,7 +1,7 @@
 """`pgvision search`: the nearest images to a query image, as a table or an HTML contact sheet.
 
-The table needs ``id`` and ``feature`` (a vector column filled by pgvision.embed); ``path``
-and ``class`` are shown when present; ``image`` (bytea) is read for the contact sheet.
+The search itself is pgvision.search; this module checks the table first (to say what is
+missing in the client's words), prints the rows and draws the contact sheet.
 """
 
 import base64
@@ -16,12 +16,11 @@ from psycopg.rows import dict_row
 from . import db
 from .db import UserError
 
-# pgvector's distance operators: L2, cosine distance, negative inner product.
-METRICS = {"l2": "<->", "cosine": "<=>", "ip": "<#>"}
 
-
-def search(conn, table, image, k=10, metric="l2", where=None, model=None):
-    """The k rows nearest to ``image`` (bytes): dicts with id, path, class, distance."""
+def search(conn, table, image, k=10, metric=None, where=None, model=None):
+    """The k rows nearest to ``image`` (bytes), by pgvision.search: dicts with id (the primary
+    key as text), path, class and distance. ``metric`` None: the one the feature column's
+    index was built for."""
     db.require_pgvision(conn)
     oid = db.table_oid(conn, table)
     if oid is None:
@@ -31,29 +30,23 @@ def search(conn, table, image, k=10, metric="l2", where=None, model=None):
     if missing:
         raise UserError(f"table {table} has no column(s) {', '.join(missing)}: search needs id and feature")
     model = db.pick_model(conn, oid, model)
-    optional = {c: sql.Identifier(c) if c in cols else sql.SQL("NULL::text") for c in ("path", "class")}
-    cond = sql.SQL("feature IS NOT NULL")
-    if where:
-        # The user's own SQL, on the user's own connection; % is not a placeholder here.
-        cond = sql.SQL("{} AND ({})").format(cond, sql.SQL(where.replace("%", "%%")))
-    # embed() in FROM runs once whatever the plan; inside ORDER BY a generic plan that
-    # skips the index would run the model for every row
-    dist = sql.SQL("feature {op} pgvision_query.q").format(op=sql.SQL(METRICS[metric]))
-    query = sql.SQL(
-        "SELECT id, {path} AS path, {cls} AS class, {dist} AS distance"
-        " FROM {t}, pgvision.embed(%(image)s, %(model)s) AS pgvision_query (q)"
-        " WHERE {cond} ORDER BY {dist} LIMIT %(k)s").format(
-            path=optional["path"], cls=optional["class"], dist=dist, t=db.table_ident(table), cond=cond)
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(query, {"image": image, "model": model, "k": k}).fetchall()
+        rows = cur.execute(
+            "SELECT s.id, s.item ->> 'path' AS path, s.item ->> 'class' AS class, s.distance"
+            " FROM pgvision.search(%(t)s::oid::regclass, %(image)s::bytea, k => %(k)s::int,"
+            "                      metric => %(metric)s::text, filter => %(where)s::text,"
+            "                      model => %(model)s::text) AS s"
+            " ORDER BY s.rank",
+            {"t": oid, "image": image, "k": k, "metric": metric, "where": where, "model": model}).fetchall()
     conn.commit()
     return rows
 
 
 def images_of(conn, table, ids):
-    """{id: image bytes} of the given rows."""
-    rows = conn.execute(sql.SQL("SELECT id, image FROM {t} WHERE id = ANY(%s)").format(
-        t=db.table_ident(table)), [list(ids)]).fetchall()
+    """{id: image bytes} of the rows whose id (as text, as pgvision.search returns it) is in ``ids``."""
+    id_type = db.columns(conn, db.table_oid(conn, table))["id"]
+    rows = conn.execute(sql.SQL("SELECT id::text, image FROM {t} WHERE id = ANY(%s::text[]::{ty}[])").format(
+        t=db.table_ident(table), ty=sql.SQL(id_type)), [list(ids)]).fetchall()
     conn.commit()
     return {i: bytes(img) if img is not None else None for i, img in rows}
 
@@ -75,28 +68,22 @@ def format_table(rows):
 # -- HTML contact sheet -------------------------------------------------------------------
 
 def thumbnail(data, size=160):
-    """A base64 JPEG thumbnail of image bytes, or None when they do not decode."""
+    """A base64 JPEG thumbnail of image bytes, on white where they are transparent, or None
+    when they do not decode."""
     if not data:
         return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
-            img.seek(0)
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-                rgba = img.convert("RGBA")
-                canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                canvas.alpha_composite(rgba)
-                img = canvas
-            img = img.convert("RGB")
-            if max(img.size) < size:  # tiny images (28x28) scaled up, crisp
+            img = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img).convert("RGB")
+            if max(img.size) < size:  # small images scaled up by a whole factor, crisp
                 scale = size // max(img.size)
                 img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
             img.thumbnail((size, size))
             buf = io.BytesIO()
             img.save(buf, "JPEG", quality=85)
-    except Exception:
+    except Exception:  # Pillow raises many types for damaged files
         return None
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
