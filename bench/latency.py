@@ -15,13 +15,8 @@ import time
 import numpy as np
 import psycopg
 
+from pgvision_client.datasets import photos
 from pgvision_runtime import models, spec as specs
-
-PHOTOS = ["dog", "eagle", "giraffe", "horses", "kite", "person", "scream"]
-
-
-def load_images():
-    return [open(f"/usr/share/darknet/data/{n}.jpg", "rb").read() for n in PHOTOS]
 
 
 def main():
@@ -30,7 +25,7 @@ def main():
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
-    images = load_images()
+    images = photos()
 
     with psycopg.connect(args.dsn, autocommit=True) as c:
         onnx_bytes, spec_json = c.execute(
