@@ -22,6 +22,7 @@ import pytest
 
 from data import PHOTOS, encode, fashion_sample, photo
 from pgvision_runtime import images, models, sharing, spec as specs, sqlapi
+from pgvision_runtime.cache import Cache, open_shared
 from pgvision_runtime.errors import PgvisionError
 
 LIMITS = {"max_pixels": images.DEFAULT_MAX_PIXELS, "max_bytes": images.DEFAULT_MAX_BYTES}
@@ -62,9 +63,20 @@ def store(tmp_path):
     return shared
 
 
+class Source:
+    """A registered model as the cache reads it (sqlapi.Registered reads the registry)."""
+    spec_text = None
+
+    def __init__(self, sha, spec, onnx):
+        self.sha256, self._spec, self.onnx = sha, spec, onnx
+
+    def spec(self):
+        return self._spec
+
+
 def open_model(store, default_model, threads=1, load=None):
     onnx_bytes, spec, sha = default_model
-    return store.open(sha, threads, lambda: spec, load or (lambda: (onnx_bytes, spec)))
+    return open_shared(store, Source(sha, spec, load or (lambda: onnx_bytes)), spec, threads)
 
 
 def bits(a):
@@ -145,7 +157,7 @@ def test_corrupt_copy_is_replaced(store, default_model, private, name):
 
     def load():
         loads.append(1)
-        return default_model[:2]
+        return default_model[0]
     model = open_model(store, default_model, load=load)
     assert loads == [1]  # the registry's bytes were read again, to write a new copy
     assert any("does not match the sha256" in m for m in store.logged)
@@ -200,7 +212,7 @@ def test_unwritable_place_falls_back_to_the_registry(tmp_path, default_model):
 
 def test_bytes_that_do_not_match_their_sha256_are_not_shared(store, default_model):
     onnx_bytes, spec, _ = default_model
-    model = store.open("0" * 64, 1, lambda: spec, lambda: (onnx_bytes, spec))
+    model = open_shared(store, Source("0" * 64, spec, lambda: onnx_bytes), spec, 1)
     assert not model.shared
     assert any("does not match its sha256" in m for m in store.logged)
     assert not os.path.exists(store.entry("0" * 64))
@@ -212,7 +224,7 @@ def test_broken_model_raises_the_registry_error(store):
     spec = specs.validate({"input": "x", "size": [2, 2], "outputs": {"feature": "y"}})
     junk = b"not a model"
     with pytest.raises(ModelError, match="onnxruntime cannot load the model"):
-        store.open(models.sha256(junk), 1, lambda: spec, lambda: (junk, spec))
+        open_shared(store, Source(models.sha256(junk), spec, lambda: junk), spec, 1)
     assert [p for p in os.listdir(store.root)] == []  # its temporary folder is gone
 
 
@@ -231,7 +243,7 @@ def test_stale_temporary_folders_are_swept(store, default_model):
 def _race(root, spec, folder, queue):
     onnx_bytes = (pathlib.Path(folder) / "efficientnet_lite0.onnx").read_bytes()
     store = sharing.SharedModels(root, log=lambda m: queue.put(("log", m)))
-    model = store.open(models.sha256(onnx_bytes), 1, lambda: spec, lambda: (onnx_bytes, spec))
+    model = open_shared(store, Source(models.sha256(onnx_bytes), spec, lambda: onnx_bytes), spec, 1)
     queue.put(("result", model.shared, bits(model.embed(SAMPLE[0], LIMITS)).tolist()))
 
 
@@ -255,17 +267,18 @@ def test_backends_writing_at_once_all_get_a_good_copy(store, default_model, priv
 
 def test_cache_follows_the_setting(default_model, store):
     onnx_bytes, spec, sha = default_model
-    cache = models.Cache()
+    cache = Cache(store)
     loads = []
 
     def load():
         loads.append(1)
-        return onnx_bytes, spec
-    a = cache.get(sha, 1, load, store, lambda: spec)
-    assert a.shared and cache.get(sha, 1, load, store, lambda: spec) is a
-    b = cache.get(sha, 1, load)
+        return onnx_bytes
+    source = Source(sha, spec, load)
+    a = cache.get(source, 1)
+    assert a.shared and cache.get(source, 1) is a
+    b = cache.get(source, 1, share=False)
     assert not b.shared and b is not a and list(cache.models) == [(sha, None, 1)]
-    assert cache.get(sha, 1, load, store, lambda: spec).shared
+    assert cache.get(source, 1).shared
     assert len(loads) == 2  # once to write the copy, once for the private session
 
 
@@ -460,7 +473,7 @@ def test_model_without_large_weights_is_shared_too(store):
                                    ir_version=8).SerializeToString()
     spec = specs.validate({"input": "image", "size": [8, 8], "scale": 255.0,
                            "outputs": {"feature": "feature"}})
-    model = store.open(models.sha256(onnx_bytes), 1, lambda: spec, lambda: (onnx_bytes, spec))
+    model = open_shared(store, Source(models.sha256(onnx_bytes), spec, lambda: onnx_bytes), spec, 1)
     assert model.shared and store.logged == []
     feature = model.embed(encode(images.Image.new("RGB", (8, 8), (255, 51, 0))), LIMITS)
     assert np.allclose(feature, [1.0, 0.2, 0.0])

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image, ImageFile
 
 from pgvision_runtime import images, models, preprocess, spec as specs
+from pgvision_runtime.cache import Cache
 from pgvision_runtime.errors import ImageError, LimitError, ModelError, PgvisionError
 
 try:
@@ -598,27 +599,36 @@ def test_tiny_model_embeds_the_mean_colour():
 
 # ---------------------------------------------------------------------------------- Cache
 
+class Source:
+    """A registered model as the cache reads it (sqlapi.Registered reads the registry)."""
+    spec_text = None
+
+    def __init__(self, sha, spec, onnx):
+        self.sha256, self._spec, self.onnx = sha, spec, onnx
+
+    def spec(self):
+        return self._spec
+
+
 def test_cache_loads_once_and_returns_the_same_model():
-    cache, calls = models.Cache(), []
+    cache, calls = Cache(), []
     data = tiny_model()
 
     def load():
         calls.append(1)
-        return data, specs.validate(TINY_SPEC)
-    sha = models.sha256(data)
-    first = cache.get(sha, 1, load)
-    assert cache.get(sha, 1, load) is first
+        return data
+    source = Source(models.sha256(data), specs.validate(TINY_SPEC), load)
+    first = cache.get(source, 1)
+    assert cache.get(source, 1) is first
     assert len(calls) == 1
 
 
 def test_cache_new_thread_count_replaces_the_session():
-    cache, data = models.Cache(), tiny_model()
+    cache, data = Cache(), tiny_model()
     sha = models.sha256(data)
-
-    def load():
-        return data, specs.validate(TINY_SPEC)
-    one = cache.get(sha, 1, load)
-    two = cache.get(sha, 2, load)
+    source = Source(sha, specs.validate(TINY_SPEC), lambda: data)
+    one = cache.get(source, 1)
+    two = cache.get(source, 2)
     assert two is not one
     assert list(cache.models) == [(sha, None, 2)]
 

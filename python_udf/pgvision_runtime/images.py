@@ -11,8 +11,8 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 # The openers of FORMATS, registered here: the first Image.open that finds one of its formats
-# unregistered imports every plugin Pillow has, 40 modules that cost a fresh backend 50 ms
-# and 2 MB, and decoders that have no business in a database server.
+# unregistered imports every plugin Pillow has: import time and memory for every fresh
+# backend (BENCHMARKS.md, section 5), and decoders that have no business in a database server.
 from PIL import (BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin,  # noqa: F401
                  TiffImagePlugin, WebPImagePlugin)
 
@@ -34,7 +34,7 @@ def decode(data, background=(255, 255, 255), max_pixels=DEFAULT_MAX_PIXELS,
     """Decode image bytes to an RGB image, orientation applied, alpha composited.
 
     With ``grey``, an opaque greyscale image stays one 8-bit channel ("L"): resizing one
-    channel instead of three identical ones gives the same pixels at a third of the cost.
+    channel instead of three identical ones gives the same pixels for a third of the work.
 
     Memory: no more than ``BYTES_PER_PIXEL * max_pixels`` bytes (plus a constant) for any
     image; one that would need more is refused before it is decoded (LimitError, 54000).

@@ -1,8 +1,11 @@
 """Models: validating ONNX bytes before they enter the registry, and running them.
 
-A loaded model is cached per backend, keyed by the sha256 of its ONNX bytes (and the
-thread count it was opened with), so a model is read from the registry table and turned
-into an onnxruntime session once per connection.
+Where a backend's sessions come from, and how long they are kept, is cache.py's business.
+
+Two sizes of "batch" meet here: ``embed_many`` takes a list of images (all those of one
+pgvision.embed_batch call; embed_table passes the rows of one transaction, its own
+batch_size) and runs the model on them ``batch_size`` images at a time (the setting
+pgvision.batch_size); ``run`` takes one such batch, the first axis of its input.
 """
 
 import concurrent.futures
@@ -114,26 +117,24 @@ def inspect(onnx_bytes, spec, labels=None, max_bytes=DEFAULT_MAX_MODEL_BYTES):
     return spec, dim, n_logits
 
 
+def _subgraphs(attribute):
+    if attribute.HasField("g"):
+        yield attribute.g
+    yield from attribute.graphs
+
+
 def _all_nodes(proto):
     """Every node of a model, in subgraphs (If, Loop, Scan bodies) and functions too."""
-    def from_graph(g):
-        for node in g.node:
+    def walk(nodes):
+        for node in nodes:
             yield node
             for a in node.attribute:
-                if a.HasField("g"):
-                    yield from from_graph(a.g)
-                for sub in a.graphs:
-                    yield from from_graph(sub)
+                for g in _subgraphs(a):
+                    yield from walk(g.node)
 
-    yield from from_graph(proto.graph)
+    yield from walk(proto.graph.node)
     for f in proto.functions:
-        for node in f.node:
-            yield node
-            for a in node.attribute:
-                if a.HasField("g"):
-                    yield from from_graph(a.g)
-                for sub in a.graphs:
-                    yield from from_graph(sub)
+        yield from walk(f.node)
 
 
 def _all_tensors(proto):
@@ -142,34 +143,22 @@ def _all_tensors(proto):
     A tensor with external data anywhere (say a Constant inside an If branch) makes
     onnxruntime read that file relative to the backend's working directory.
     """
-    def from_sparse(sparse):
-        yield sparse.values
-        yield sparse.indices
-
-    def from_nodes(nodes):
-        for node in nodes:
-            for a in node.attribute:
-                if a.HasField("t"):
-                    yield a.t
-                yield from a.tensors
-                if a.HasField("sparse_tensor"):
-                    yield from from_sparse(a.sparse_tensor)
-                for sparse in a.sparse_tensors:
-                    yield from from_sparse(sparse)
-                if a.HasField("g"):
-                    yield from from_graph(a.g)
-                for g in a.graphs:
-                    yield from from_graph(g)
-
-    def from_graph(g):
+    graphs, sparse = [proto.graph], []
+    for node in _all_nodes(proto):
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("sparse_tensor"):
+                sparse.append(a.sparse_tensor)
+            sparse.extend(a.sparse_tensors)
+            graphs.extend(_subgraphs(a))
+    for g in graphs:
         yield from g.initializer
-        for sparse in g.sparse_initializer:
-            yield from from_sparse(sparse)
-        yield from from_nodes(g.node)
-
-    yield from from_graph(proto.graph)
-    for f in proto.functions:
-        yield from from_nodes(f.node)
+        sparse.extend(g.sparse_initializer)
+    for t in sparse:
+        yield t.values
+        yield t.indices
 
 
 def _names(names):
@@ -180,7 +169,7 @@ def _first_line(e):
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-# The graph optimizations sessions are created with; part of what a shared copy depends on.
+# The graph optimizations sessions are created with; a model saved by one depends on them.
 OPTIMIZATION = "all"
 
 
@@ -207,8 +196,9 @@ def session_options(threads, save_to=None):
 class Model:
     """An onnxruntime session with the spec that feeds it.
 
-    ``source`` is the ONNX bytes, or the path of a shared copy written by ``save_to`` (see
-    sharing.py): a model file whose weights onnxruntime maps instead of copying.
+    ``source`` is the ONNX bytes, or the path of a model file that a session opened with
+    ``save_to`` wrote: onnxruntime maps its weights file instead of copying it, so sessions
+    of other processes share its pages (``shared`` says that this one is such a session).
     """
 
     def __init__(self, source, spec, threads=0, save_to=None, shared=False):
@@ -232,12 +222,12 @@ class Model:
         self.input_shape = (3, height, width) if spec["layout"] == "NCHW" else (height, width, 3)
 
     def run(self, batch, outputs=("feature",), release=False):
-        """Run a prepared batch; returns one float32 array per requested output.
+        """One model call on a prepared batch; returns one float32 array per requested output.
 
-        With ``release``, onnxruntime gives back the activation memory of the run when it
-        ends. It keeps the memory of the largest batch it has run otherwise: about 9 MB per
-        image for the default model, 280 MB after a batch of 32, for the rest of the
-        connection; growing it again costs a few percent of a batch's time.
+        With ``release``, onnxruntime gives back the activation memory of the call when it
+        ends. Otherwise it keeps the memory of the largest batch it has run, which grows with
+        the images of a batch, for the rest of the connection, and the next batch reuses it
+        instead of growing it again (figures in BENCHMARKS.md, section 5).
         """
         names = [self.spec["outputs"][o] for o in outputs]
         try:
@@ -258,7 +248,8 @@ class Model:
         return self.run(batch, (output,))[0][0]
 
     def embed_many(self, items, limits, output="feature", batch_size=32, check=None, release=True):
-        """Embed a list of byte strings; None items stay None. Errors name the item.
+        """Embed a list of byte strings, ``batch_size`` images per model call (the setting
+        pgvision.batch_size); None items stay None. Errors name the item.
 
         ``check``, if given, is called before each image is decoded (or, when several
         threads decode, before waiting for each image) and before each model call, and may
@@ -266,9 +257,9 @@ class Model:
         cancel, statement_timeout or pg_terminate_backend.
 
         ``release``: the last model call gives the activation memory back (see ``run``).
-        A caller with more batches to come passes False and calls ``release_memory`` when
-        it is done: regrowing 280 MB of activations for every batch of 64 thumbnails costs
-        a sixth of their throughput.
+        A caller with more lists to come (embed_table, one list per transaction) passes
+        False and calls ``release_memory`` when it is done, so that each list reuses the
+        memory instead of growing it again (BENCHMARKS.md, sections 2 and 5).
         """
         results = [None] * len(items)
         todo = [(i, d) for i, d in enumerate(items) if d is not None]
@@ -320,8 +311,8 @@ class Model:
         first image shows that they are worth it.
 
         Threads pay off when an image's time goes to Pillow's decoders and resampling, which
-        release the GIL (a photo: 10-20 ms); a thumbnail (a 28x28 PNG: under 1 ms) is mostly
-        Python, and threads fighting over the GIL would make it slower.
+        release the GIL (a photo); a thumbnail's is mostly Python, and threads fighting over
+        the GIL would make it slower (BENCHMARKS.md, section 1).
         """
         start = time.perf_counter()
         for j, (i, data) in enumerate(chunk):
@@ -442,42 +433,6 @@ def _pool(workers):
         pool = _pools[workers] = concurrent.futures.ThreadPoolExecutor(
             workers, thread_name_prefix="pgvision-decode", initializer=_block_signals)
     return pool
-
-
-class Cache:
-    """Loaded models of one backend, keyed by (sha256, spec, threads).
-
-    The spec is part of the key: two registrations of the same ONNX bytes with different
-    preprocessing or outputs are two models (they share the graph's shared copy, which
-    depends on the bytes alone).
-    """
-
-    def __init__(self):
-        self.models = {}
-
-    def get(self, sha, threads, load, shared=None, load_spec=None, spec_key=None):
-        """``load()`` returns (onnx_bytes, spec); called only on a miss.
-
-        With ``shared`` (a sharing.SharedModels), the model is opened from the server's
-        shared copy, and ``load`` is called only to write it; ``load_spec()`` returns the
-        spec alone.
-        """
-        key = (sha, spec_key, threads)
-        model = self.models.get(key)
-        if model is None or model.sharing_asked != (shared is not None):
-            # a different thread count or sharing setting for the same model replaces the
-            # old session, which goes first so that its memory is free for the new one
-            for old in [k for k in self.models if k[:2] == key[:2]]:
-                del self.models[old]
-            model = None
-            if shared is not None:
-                model = shared.open(sha, threads, load_spec or (lambda: load()[1]), load)
-            else:
-                model = Model(*load(), threads)
-            model.sharing_asked = shared is not None
-            self.models[key] = model
-            release_free_memory()
-        return model
 
 
 def release_free_memory():

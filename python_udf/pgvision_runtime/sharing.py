@@ -9,8 +9,9 @@ reading it, so every backend that opens the copy uses the same pages of the page
 
 The copies live in the data directory (a backend's working directory), in a folder whose
 name starts with ``pgsql_tmp``, which base backups leave out, as PostgreSQL documents for
-such names; the folder can be deleted at any time. A copy is used only if everything
-checks out, otherwise the backend loads the model from the registry as before:
+such names; the folder can be deleted at any time. This module keeps the files; a copy is
+used only if everything checks out, otherwise the backend loads the model from the
+registry's bytes as without sharing:
 
 - the folders and files are owned by the server's user, and nobody else can read or
   write them; files are regular files with a single link, opened without following links;
@@ -99,7 +100,8 @@ def _hash_file(path):
 
 
 class SharedModels:
-    """The shared copies under ``root`` (normally ``$PGDATA/pgsql_tmp_pgvision_models``)."""
+    """The shared copies under ``root`` (normally ``$PGDATA/pgsql_tmp_pgvision_models``);
+    ``log`` takes the reasons a copy is not used (sqlapi passes plpy.debug)."""
 
     def __init__(self, root, log=None):
         self.root = root
@@ -115,25 +117,28 @@ class SharedModels:
     def entry(self, sha):
         return os.path.join(self.root, f"{sha}-{self._key()[1]}")
 
-    def open(self, sha, threads, load_spec, load):
-        """The model ``sha`` opened from its shared copy, written first if there is none.
+    def find(self, sha):
+        """The graph file of a checked copy of model ``sha``, or None if there is none yet.
 
-        ``load_spec()`` returns the spec, ``load()`` (onnx_bytes, spec); the registry's bytes
-        are read only when the copy has to be written, or when it cannot be used: then the
-        model is loaded from them as without sharing.
+        Raises Unusable (or OSError) when there is a copy that cannot be used: a broken one
+        is set aside first, so that the next ``draft`` writes a new one.
         """
-        from .models import Model
+        self._ensure_root()
+        return self._verified(sha)
 
-        try:
-            self._ensure_root()
-            path = self._verified(sha)
-            if path is not None:
-                return Model(path, load_spec(), threads, shared=True)
-        except Unusable as e:
-            self.log(f"pgvision: shared copy of model {sha[:12]} not used: {e}")
-        except OSError as e:
-            self.log(f"pgvision: shared copy of model {sha[:12]} not used: {e}")
-        return self._write(sha, *load(), threads)
+    def draft(self, sha, onnx_bytes):
+        """A new copy of model ``sha`` to write from its registry bytes (see Draft).
+
+        Raises Unusable when the bytes are not the model ``sha`` or the folder is not ours,
+        OSError when nothing can be written.
+        """
+        if hashlib.sha256(onnx_bytes).hexdigest() != sha:
+            raise Unusable("the model does not match its sha256")
+        self._ensure_root()
+        self._sweep()
+        tmp = os.path.join(self.root, f"tmp-{os.getpid()}-{uuid.uuid4().hex}")
+        os.mkdir(tmp, 0o700)
+        return Draft(self, sha, tmp)
 
     # ---------------------------------------------------------------- reading
 
@@ -174,66 +179,6 @@ class SharedModels:
 
     # ---------------------------------------------------------------- writing
 
-    def _write(self, sha, onnx_bytes, spec, threads):
-        """Write the copy from the registry's bytes; returns the model, shared if possible."""
-        from .models import Model, sha256
-
-        if sha256(onnx_bytes) != sha:
-            self.log(f"pgvision: model {sha[:12]} does not match its sha256; not shared")
-            return Model(onnx_bytes, spec, threads)
-        try:
-            self._ensure_root()
-            self._sweep()
-            tmp = os.path.join(self.root, f"tmp-{os.getpid()}-{uuid.uuid4().hex}")
-            os.mkdir(tmp, 0o700)
-        except (OSError, Unusable) as e:
-            self.log(f"pgvision: cannot write a shared copy of model {sha[:12]}: {e}")
-            return Model(onnx_bytes, spec, threads)
-        try:
-            # ModelError (onnxruntime cannot load it) is the user's error: raise it as before
-            private = Model(onnx_bytes, spec, threads, save_to=os.path.join(tmp, GRAPH))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        del onnx_bytes
-        try:
-            files = {}
-            if not os.path.exists(os.path.join(tmp, WEIGHTS)):
-                # a model without any weight of 1 kB or more: all of it is in the graph file
-                os.close(os.open(os.path.join(tmp, WEIGHTS), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            for name in (GRAPH, WEIGHTS):
-                path = os.path.join(tmp, name)
-                os.chmod(path, 0o600)
-                with open(path, "rb+") as f:
-                    os.fsync(f.fileno())
-                digest, size = _hash_file(path)
-                files[name] = {"sha256": digest, "size": size}
-            manifest = {"source_sha256": sha, "variant": self._key()[0], "files": files,
-                        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            fd = os.open(os.path.join(tmp, MANIFEST), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(manifest, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            folder = self.entry(sha)
-            try:
-                os.rename(tmp, folder)
-                path = os.path.join(folder, GRAPH)
-            except OSError:
-                # another backend was first (rename does not replace a non-empty folder)
-                shutil.rmtree(tmp, ignore_errors=True)
-                path = self._verified(sha)
-                if path is None:
-                    raise Unusable("it went away as soon as it was written") from None
-            self._fsync_dir(self.root)
-            self._forget_other_variants(sha)
-            shared = Model(path, spec, threads, shared=True)
-        except Exception as e:  # the private session works: keep it
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.log(f"pgvision: cannot share model {sha[:12]}: {e}")
-            return private
-        return shared
-
     def _discard(self, folder):
         trash = os.path.join(self.root, f"tmp-{os.getpid()}-{uuid.uuid4().hex}")
         try:
@@ -268,3 +213,54 @@ class SharedModels:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class Draft:
+    """A copy being written, in a private temporary folder of the store.
+
+    onnxruntime saves the model into ``graph`` (models.session_options' ``save_to``), with
+    its weights beside it; ``publish`` then flushes the files, writes the manifest and
+    renames the folder into place in one step. ``discard`` removes what is left of it.
+    """
+
+    def __init__(self, store, sha, folder):
+        self.store, self.sha, self.folder = store, sha, folder
+        self.graph = os.path.join(folder, GRAPH)
+
+    def publish(self):
+        """Put the copy in place; returns its graph file, another backend's if it was first."""
+        store, tmp = self.store, self.folder
+        files = {}
+        if not os.path.exists(os.path.join(tmp, WEIGHTS)):
+            # a model without any weight large enough to leave the graph: all of it is there
+            os.close(os.open(os.path.join(tmp, WEIGHTS), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        for name in (GRAPH, WEIGHTS):
+            path = os.path.join(tmp, name)
+            os.chmod(path, 0o600)
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+            digest, size = _hash_file(path)
+            files[name] = {"sha256": digest, "size": size}
+        manifest = {"source_sha256": self.sha, "variant": store._key()[0], "files": files,
+                    "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        fd = os.open(os.path.join(tmp, MANIFEST), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        folder = store.entry(self.sha)
+        try:
+            os.rename(tmp, folder)
+            path = os.path.join(folder, GRAPH)
+        except OSError:
+            # another backend was first (rename does not replace a non-empty folder)
+            self.discard()
+            path = store._verified(self.sha)
+            if path is None:
+                raise Unusable("it went away as soon as it was written") from None
+        store._fsync_dir(store.root)
+        store._forget_other_variants(self.sha)
+        return path
+
+    def discard(self):
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from . import errors, images, models, sharing, spec as specs
+from . import cache, errors, images, models, sharing, spec as specs
 from .errors import (CONFIG_FILE_ERROR, DATA_EXCEPTION, DUPLICATE_OBJECT, INVALID_PARAMETER_VALUE,
                      UNDEFINED_OBJECT, ModelError, PgvisionError)
 
@@ -26,6 +26,7 @@ SETTINGS = {
     "pgvision.max_image_bytes": (images.DEFAULT_MAX_BYTES, 1),
     "pgvision.max_image_bytes_limit": (images.DEFAULT_MAX_BYTES, 1),
     "pgvision.max_model_bytes": (models.DEFAULT_MAX_MODEL_BYTES, 1),
+    # images per model call; embed_table's batch_size (rows per transaction) is SQL's own
     "pgvision.batch_size": (32, 1),
     "pgvision.batch_size_limit": (64, 1),
     # off: each backend loads its own copy of a model from the registry (see sharing.py)
@@ -79,7 +80,9 @@ class State:
     """Per-backend state kept in GD: prepared plans and loaded models."""
 
     def __init__(self, plpy):
-        self.cache = models.Cache()
+        # a backend's working directory is the data directory: private to the server's user
+        self.cache = cache.Cache(sharing.SharedModels(os.path.join(os.getcwd(), sharing.FOLDER),
+                                                      log=plpy.debug))
         # aliased: PL/Python returns rows as dicts, and equal column names would collide
         gucs = ", ".join(f"pg_catalog.current_setting('{g}', true) AS g{i}"
                          for i, g in enumerate(SETTINGS))
@@ -88,10 +91,7 @@ class State:
             ["text"])
         self.settings_only = plpy.prepare(f"SELECT {gucs}")
         # by name: two names may hold the same bytes with different specs
-        self.load = plpy.prepare("SELECT onnx FROM pgvision.models WHERE name = $1", ["text"])
-        # a backend's working directory is the data directory: private to the server's user
-        self.shared = sharing.SharedModels(os.path.join(os.getcwd(), sharing.FOLDER),
-                                           log=plpy.debug)
+        self.onnx = plpy.prepare("SELECT onnx FROM pgvision.models WHERE name = $1", ["text"])
         self.labels = plpy.prepare(
             "SELECT labels FROM pgvision.models WHERE name = $1", ["text"])
         self.pipeline = plpy.prepare(
@@ -165,32 +165,35 @@ def model(plpy, GD, name):
     rows = plpy.execute(st.lookup, [name])
     if not rows:
         raise _no_such_model(name)
-    row = rows[0]
-    conf = _settings([row[f"g{i}"] for i in range(len(SETTINGS))])
-    spec = _stored_spec(name, row["spec"])
+    conf = _settings([rows[0][f"g{i}"] for i in range(len(SETTINGS))])
+    source = Registered(plpy, st.onnx, name, rows[0], conf["pgvision.max_model_bytes"])
+    return st.cache.get(source, conf["pgvision.threads"], conf["pgvision.share_models"]), conf
 
-    def load():
-        # The same checks as registration, whoever wrote the row: a model reaches onnxruntime
-        # only through them.
-        onnx_bytes = plpy.execute(st.load, [name])[0]["onnx"]
-        if models.sha256(onnx_bytes) != row["sha256"]:
-            raise ModelError(f'model "{name}" does not match its sha256',
+
+class Registered:
+    """A row of pgvision.models as the cache reads it (see cache.py), with the checks of
+    registration, whoever wrote the row: a model reaches onnxruntime only through them."""
+
+    def __init__(self, plpy, onnx_plan, name, row, max_model_bytes):
+        self.plpy, self.onnx_plan, self.name = plpy, onnx_plan, name
+        self.sha256, self.spec_text = row["sha256"], row["spec"]
+        self.max_model_bytes = max_model_bytes
+
+    def spec(self):
+        try:
+            return specs.validate(json.loads(self.spec_text))
+        except ModelError as e:
+            raise ModelError(f'model "{self.name}" has an {e.message}', hint=e.hint) from None
+        except (ValueError, RecursionError):
+            raise ModelError(f'model "{self.name}" has an invalid model spec') from None
+
+    def onnx(self):
+        onnx_bytes = self.plpy.execute(self.onnx_plan, [self.name])[0]["onnx"]
+        if models.sha256(onnx_bytes) != self.sha256:
+            raise ModelError(f'model "{self.name}" does not match its sha256',
                              hint="the registry row was changed by hand; drop and register the model again")
-        models.check_graph(onnx_bytes, conf["pgvision.max_model_bytes"])
-        return onnx_bytes, spec
-
-    shared = st.shared if conf["pgvision.share_models"] else None
-    return st.cache.get(row["sha256"], conf["pgvision.threads"], load, shared, lambda: spec,
-                        spec_key=row["spec"]), conf
-
-
-def _stored_spec(name, text):
-    try:
-        return specs.validate(json.loads(text))
-    except ModelError as e:
-        raise ModelError(f'model "{name}" has an {e.message}', hint=e.hint) from None
-    except (ValueError, RecursionError):
-        raise ModelError(f'model "{name}" has an invalid model spec') from None
+        models.check_graph(onnx_bytes, self.max_model_bytes)
+        return onnx_bytes
 
 
 def interrupt_check(plpy, GD):
@@ -232,7 +235,7 @@ def vector_text(arr):
     PL/Python hands a vector result to pgvector's text input whatever Python returns, so
     this text is the cheapest way in. Nine significant digits identify a float32 exactly
     (FLT_DECIMAL_DIG), and Python's %-formatting rounds correctly; one format string for
-    the whole vector costs a third of joining each float's repr (17 digits of a double).
+    the whole vector is cheaper than joining each float's repr (17 digits of a double).
     """
     arr = _finite_float32(arr)
     n = arr.shape[0]
@@ -259,9 +262,12 @@ def embed_float4(plpy, GD, image, model_name):
 
 
 def _embed_batch(plpy, GD, image_list, model_name, form, keep_memory=False):
-    """The features of a list of images in ``form`` (vector_bytes or vector_text), None for
-    None; ``keep_memory`` (or the setting pgvision.keep_batch_memory) keeps onnxruntime's
-    activation memory for the next batch (release_batch_memory gives it back)."""
+    """The features of one embed_batch call's list of images in ``form`` (vector_bytes or
+    vector_text), None for None, run through the model pgvision.batch_size images a call.
+
+    ``keep_memory`` (or the setting pgvision.keep_batch_memory) keeps onnxruntime's
+    activation memory for the next call's list (release_batch_memory gives it back):
+    embed_table passes it for the rows of each of its transactions."""
     if image_list is None:
         return None
     if any(isinstance(item, list) for item in image_list):
@@ -284,11 +290,7 @@ def embed_batch_float4(plpy, GD, image_list, model_name, keep_memory=False):
 def release_batch_memory(plpy, GD):
     """Give back the activation memory every loaded model of this backend keeps."""
     st = GD.get("pgvision_state")
-    if st is None:
-        return 0
-    for m in st.cache.models.values():
-        m.release_memory()
-    return len(st.cache.models)
+    return 0 if st is None else st.cache.release_memory()
 
 
 # The text forms: the released 0.1.0 functions call these.
