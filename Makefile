@@ -3,7 +3,10 @@
 
 PG_MAJOR   ?= 15
 PG_CONFIG  ?= /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
-VERSION    := $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" extension/pgvision.control)
+# The version is kept in one place, default_version in extension/pgvision.control; build.py
+# reads it, and each Python package gets it as a _version.py written from it (below).
+VERSION    := $(shell python3 extension/build.py --print-version)
+VERSION_PY := python_udf/pgvision_runtime/_version.py client/pgvision_client/_version.py
 # The runtime folder PL/Python loads: versioned, outside /root, readable by postgres.
 RUNTIME_PATH ?= /usr/local/lib/pgvision/$(VERSION)
 DEV_VENV   ?= build/venv
@@ -20,15 +23,19 @@ deps:
 	install -d -m 755 $(RUNTIME_PATH) $(RUNTIME_PATH)/models
 	bash scripts/venv.sh $(RUNTIME_PATH)/venv -r python_udf/requirements.txt
 
+# each package's __init__ and pyproject.toml ([tool.setuptools.dynamic]) read it from here
+$(VERSION_PY): extension/pgvision.control
+	printf '# written by make from extension/pgvision.control; do not edit\n__version__ = "%s"\n' '$(VERSION)' > $@
+
 # the runtime package with its pinned dependencies
-runtime: deps
+runtime: deps python_udf/pgvision_runtime/_version.py
 	bash scripts/venv.sh $(RUNTIME_PATH)/venv --no-deps ./python_udf
 	chmod -R a+rX $(RUNTIME_PATH)
 
 extension: deps
 	$(MAKE) -s -C extension PG_CONFIG=$(PG_CONFIG) RUNTIME_PATH=$(RUNTIME_PATH) install
 
-dev: deps
+dev: deps $(VERSION_PY)
 	bash scripts/venv.sh $(DEV_VENV) -r requirements-dev.txt
 	bash scripts/venv.sh $(DEV_VENV) --no-deps -e ./python_udf
 	bash scripts/venv.sh $(DEV_VENV) --no-deps -e ./client
@@ -79,4 +86,4 @@ bench: install bench-venv
 
 clean:
 	$(MAKE) -s -C extension clean
-	rm -rf build
+	rm -rf build $(VERSION_PY)

@@ -32,6 +32,7 @@ class BuildError(Exception):
 
 
 def version():
+    """default_version in pgvision.control: the one place the version is written."""
     text = (HERE / "pgvision.control").read_text()
     return re.search(r"default_version\s*=\s*'([^']+)'", text).group(1)
 

@@ -1,3 +1,3 @@
 """pgvision command-line client: load images into a table, search by image, run the demo."""
 
-__version__ = "0.2.0"
+from ._version import __version__  # noqa: F401  (written by make from extension/pgvision.control)

@@ -4,4 +4,4 @@ Everything a SQL function does lives here so that it can be imported and tested 
 PostgreSQL; the PL/Python bodies only pass ``plpy`` and ``GD`` in (see ``sqlapi``).
 """
 
-__version__ = "0.2.0"
+from ._version import __version__  # noqa: F401  (written by make from extension/pgvision.control)
