@@ -201,7 +201,7 @@ def interrupt_check(plpy, GD):
 
     PostgreSQL acts on a query cancel (pg_cancel_backend, statement_timeout) or
     pg_terminate_backend only where its own code checks for interrupts, never while Python
-    runs. Executing a plan checks, so this runs one that does nothing (a few microseconds):
+    runs. Executing a plan checks, so this runs one that does nothing (cheap next to an image):
     a pending cancel raises its error here (SQLSTATE 57014), a termination ends the backend.
     """
     plan = state(plpy, GD).nothing
