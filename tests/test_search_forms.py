@@ -230,7 +230,7 @@ def test_ann_index_unknown_option_hint_lists_known_ones(conn):
 
 def test_search_by_image_finds_itself_first(conn, photos):
     rows = conn.execute("SELECT query_no, rank, id, distance, similarity, item"
-                        " FROM pgvision.search('search_photos', %s, k => 3)", [photo("eagle")]).fetchall()
+                        " FROM pgvision.search('search_photos', %s, k => 3, metric => 'l2')", [photo("eagle")]).fetchall()
     assert [r[1] for r in rows] == [1, 2, 3]
     assert rows[0][0] == 1 and rows[0][2] == "2" and rows[0][3] < 1e-4 and rows[0][4] is None
     # item: the row without the vector and the image bytes
@@ -276,7 +276,9 @@ def test_search_metric_defaults_to_the_column_index(conn):
     small_table(conn)
     like = "SELECT id, distance, similarity FROM pgvision.search_like('t', 1, k => 5{})"
     unindexed = conn.execute(like.format("")).fetchall()
-    assert unindexed == conn.execute(like.format(", metric => 'l2'")).fetchall()
+    # no index: the default metric, cosine
+    assert unindexed == conn.execute(like.format(", metric => 'cosine'")).fetchall()
+    l2 = conn.execute(like.format(", metric => 'l2'")).fetchall()
     # an index on an expression serves no search, so it sets no metric
     conn.execute("SELECT pgvision.create_index('t', 'feature', metric => 'ip', halfvec => true)")
     assert conn.execute(like.format("")).fetchall() == unindexed
@@ -284,8 +286,8 @@ def test_search_metric_defaults_to_the_column_index(conn):
     cosine = conn.execute(like.format("")).fetchall()
     assert cosine == conn.execute(like.format(", metric => 'cosine'")).fetchall()
     assert all(abs(s - (1 - d)) < 1e-9 for _, d, s in cosine)
-    assert conn.execute(like.format(", metric => 'l2'")).fetchall() == unindexed
-    # several metrics: l2, what the search functions did before there was an index to follow
+    assert conn.execute(like.format(", metric => 'l2'")).fetchall() == l2
+    # several metrics: the default metric's, what the search functions do without an index
     conn.execute("SELECT pgvision.create_index('t', 'feature', metric => 'l2')")
     assert conn.execute(like.format("")).fetchall() == unindexed
 

@@ -382,7 +382,7 @@ BAD_PARAMETERS = [
     ("max_distance NaN", LIKE + ", max_distance => 'NaN')", "22023", "max_distance must be a finite number, not NaN"),
     ("max_distance infinite", LIKE + ", max_distance => 'Infinity')", "22023", "max_distance must be a finite number"),
     ("max_distance -infinite", LIKE + ", metric => 'ip', max_distance => '-Infinity')", "22023", "max_distance must be a finite number"),
-    ("max_distance negative l2", LIKE + ", max_distance => -1)", "22023", "max_distance must not be negative with the l2 metric"),
+    ("max_distance negative l2", LIKE + ", metric => 'l2', max_distance => -1)", "22023", "max_distance must not be negative with the l2 metric"),
     ("max_distance negative cosine", LIKE + ", metric => 'cosine', max_distance => -0.5)", "22023", "must not be negative with the cosine metric"),
     ("min_similarity NaN", LIKE + ", metric => 'cosine', min_similarity => 'NaN')", "22023", "min_similarity must be a finite number, not NaN"),
     ("min_similarity infinite", LIKE + ", metric => 'ip', min_similarity => '-Infinity')", "22023", "min_similarity must be a finite number"),

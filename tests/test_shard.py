@@ -171,7 +171,7 @@ def items(coordinator):
         c.execute(f"CREATE TABLE items (id bigint NOT NULL, album int, class text, feature vector({DIM}))"
                   " PARTITION BY HASH (id)")
         c.execute("SELECT * FROM pgvision.create_sharded_table('items', auto_embed => false,"
-                  " m => 32, ef_construction => 128)")
+                  " metric => 'l2', m => 32, ef_construction => 128)")
         copy_rows(c, "items")
         # statistics, as autovacuum would gather them a minute later: the coordinator plans
         # with the shards' estimates (use_remote_estimate)
@@ -279,7 +279,7 @@ def test_create_sharded_table_builds_each_shard(coord, shards):
                         ("image", "bytea", None, "YES"), ("feature", "USER-DEFINED", None, "YES")]
         indexes = [r[0] for r in on_shard(shards, name, "SELECT indexdef FROM pg_indexes WHERE tablename = 'gallery'")]
         assert any("PRIMARY KEY" in i or "gallery_pkey" in i for i in indexes), indexes
-        assert any("USING hnsw (feature vector_l2_ops) WITH (m='16', ef_construction='64')" in i for i in indexes)
+        assert any("USING hnsw (feature vector_cosine_ops) WITH (m='16', ef_construction='64')" in i for i in indexes)
         assert on_shard(shards, name, "SELECT tgname FROM pg_trigger WHERE tgrelid = 'gallery'::regclass"
                         " AND NOT tgisinternal") == [("pgvision_auto_embed",)]
         assert on_shard(shards, name, "SELECT tableowner FROM pg_tables WHERE tablename = 'gallery'") == [(APP_ROLE,)]
@@ -451,7 +451,7 @@ def explain_notices(admin):
 
 def test_each_shard_runs_its_own_top_k_and_all_run_at_once(coord_admin, items):
     notices = explain_notices(coord_admin)
-    rows = coord_admin.execute("SELECT id FROM pgvision.search_like('items', 7, k => 10,"
+    rows = coord_admin.execute("SELECT id FROM pgvision.search_like('items', 7, k => 10, metric => 'l2',"
                                " filter => $$class = 'rare'$$)").fetchall()
     assert len(rows) == 10
     plan = next(n for n in notices if "Remote SQL" in n and "pgvision_distance" in n)
@@ -503,7 +503,7 @@ def test_sharded_search_is_exact_on_this_data(coord, items):
     for key in (7, 1234, 2999):
         exact = [int(i) + 1 for i in np.argsort(l2(key)) if i + 1 != key]
         for k in (10, 60):
-            rows = coord.execute("SELECT id, distance FROM pgvision.search_like('items', %s, k => %s)", [key, k]).fetchall()
+            rows = coord.execute("SELECT id, distance FROM pgvision.search_like('items', %s, k => %s, metric => 'l2')", [key, k]).fetchall()
             assert [int(r[0]) for r in rows] == exact[:k]
             assert np.allclose([r[1] for r in rows], l2(key)[np.asarray(exact[:k]) - 1], atol=1e-5)
 
@@ -514,12 +514,12 @@ def test_k_above_ef_search_needs_iterative_scans_on_the_shards(coord, coord_admi
     coord.execute("SET jit = off")  # the shards' disabled seq scans make every cost look huge
     try:
         set_shard_options(coord_admin, ITERATIVE + " -c enable_seqscan=off")
-        rows = coord.execute("SELECT id FROM pgvision.search_like('items', 7, k => 150)").fetchall()
+        rows = coord.execute("SELECT id FROM pgvision.search_like('items', 7, k => 150, metric => 'l2')").fetchall()
         assert [int(r[0]) for r in rows] == [int(i) + 1 for i in np.argsort(l2(7)) if i + 1 != 7][:150]
         # Without iterative scans each shard's index stops at hnsw.ef_search (40) rows.
         set_shard_options(coord_admin, "-c hnsw.iterative_scan=off -c enable_seqscan=off")
         # (at most 3 x 40 rows: the query row itself may be one of a shard's 40)
-        assert len(coord.execute("SELECT id FROM pgvision.search_like('items', 7, k => 150)").fetchall()) <= 120
+        assert len(coord.execute("SELECT id FROM pgvision.search_like('items', 7, k => 150, metric => 'l2')").fetchall()) <= 120
     finally:
         set_shard_options(coord_admin, ITERATIVE)
     plan = on_shard(shards, "shard1", "SET enable_seqscan = off", "EXPLAIN SELECT id FROM items"
@@ -622,7 +622,7 @@ class TestShardDown:
         warnings = []
         coord.add_notice_handler(lambda d: warnings.append((d.severity_nonlocalized, d.message_primary)))
         coord.execute("SET pgvision.partial_results = on")
-        rows = coord.execute("SELECT id FROM pgvision.search_like('items', 7, k => 10)").fetchall()
+        rows = coord.execute("SELECT id FROM pgvision.search_like('items', 7, k => 10, metric => 'l2')").fetchall()
         left = [int(i) + 1 for i in np.argsort(l2(7)) if i + 1 != 7 and i + 1 not in items_on3]
         assert [int(r[0]) for r in rows] == left[:10]
         assert [m for s, m in warnings if s == "WARNING"] == [
@@ -652,7 +652,7 @@ def test_search_works_again_once_the_shard_is_back(coord, items):
     deadline = time.monotonic() + 30
     while True:
         try:
-            rows = coord.execute("SELECT id FROM pgvision.search_like('items', 7, k => 5)").fetchall()
+            rows = coord.execute("SELECT id FROM pgvision.search_like('items', 7, k => 5, metric => 'l2')").fetchall()
             break
         except psycopg.OperationalError:
             if time.monotonic() > deadline:

@@ -14,56 +14,11 @@ DECLARE
     _default boolean;
 BEGIN
     FOR r IN
-        WITH ext AS (
-            SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname = 'pgvision'
-        ), member AS (
-            SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
-            WHERE d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
-              AND d.refobjid = (SELECT oid FROM ext) AND d.deptype = 'e'
-        ), members AS (
-            SELECT m.classid, m.objid, 0 AS objsubid,
-                   CASE c.relkind WHEN 'S' THEN 'ON SEQUENCE ' ELSE 'ON TABLE ' END
-                       || pg_catalog.format('%I.%I', n.nspname, c.relname) AS target,
-                   COALESCE(c.relacl, pg_catalog.acldefault(
-                       (CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::"char", c.relowner)) AS acl,
-                   pg_catalog.acldefault((CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::"char", c.relowner) AS dflt
-            FROM member m JOIN pg_catalog.pg_class c ON c.oid = m.objid
-            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-            WHERE m.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-            UNION ALL
-            SELECT m.classid, m.objid, a.attnum,
-                   pg_catalog.format('(%I) ON TABLE %I.%I', a.attname, n.nspname, c.relname),
-                   a.attacl, NULL::aclitem[]
-            FROM member m JOIN pg_catalog.pg_class c ON c.oid = m.objid
-            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-            JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-            WHERE m.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-            UNION ALL
-            SELECT m.classid, m.objid, 0, 'ON ROUTINE ' || p.oid::pg_catalog.regprocedure::text,
-                   COALESCE(p.proacl, pg_catalog.acldefault('f'::"char", p.proowner)),
-                   pg_catalog.acldefault('f'::"char", p.proowner)
-            FROM member m JOIN pg_catalog.pg_proc p ON p.oid = m.objid
-            WHERE m.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-            UNION ALL
-            SELECT m.classid, m.objid, 0, pg_catalog.format('ON SCHEMA %I', n.nspname),
-                   COALESCE(n.nspacl, pg_catalog.acldefault('n'::"char", n.nspowner)),
-                   pg_catalog.acldefault('n'::"char", n.nspowner)
-            FROM member m JOIN pg_catalog.pg_namespace n ON n.oid = m.objid
-            WHERE m.classid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
-            UNION ALL
-            SELECT m.classid, m.objid, 0, 'ON TYPE ' || t.oid::pg_catalog.regtype::text,
-                   COALESCE(t.typacl, pg_catalog.acldefault('T'::"char", t.typowner)),
-                   pg_catalog.acldefault('T'::"char", t.typowner)
-            FROM member m JOIN pg_catalog.pg_type t ON t.oid = m.objid
-            WHERE m.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
-        )
         SELECT b.acl::aclitem[] AS before, b.base::aclitem[] AS base, b.init,
                m.classid, m.objid, m.objsubid, m.target, m.acl AS now, m.dflt
         FROM pg_catalog.jsonb_to_recordset(pg_catalog.current_setting('pgvision_upgrade.privileges')::jsonb)
              AS b(identity text, acl text[], base text[], init boolean)
-        JOIN (SELECT m.*, o.type || ' ' || o.identity AS identity FROM members m
-              CROSS JOIN LATERAL pg_catalog.pg_identify_object(m.classid, m.objid, m.objsubid) o) m
-          ON m.identity = b.identity
+        JOIN pgvision._upgrade_members() m ON m.identity = b.identity
     LOOP
         FOR g IN
             SELECT 'GRANT' AS verb, x.* FROM (
@@ -120,3 +75,5 @@ BEGIN
     END LOOP;
 END
 $pgvision_upgrade$;
+
+DROP FUNCTION pgvision._upgrade_members();

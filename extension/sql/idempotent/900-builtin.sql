@@ -6,18 +6,7 @@ INSERT INTO pgvision.pipelines (name, model, options, builtin)
 VALUES ('general_feature_extractor', 'efficientnet_lite0', '{"output": "feature", "normalize": false}', true)
 ON CONFLICT (name) DO NOTHING;
 
--- pgvision_admin manages models and pipelines. A model is code the server runs, so
--- registering one is not for every role. Roles belong to the cluster, not to a database:
--- the role outlives DROP EXTENSION and is shared by every database that has pgvision.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgvision_admin') THEN
-        CREATE ROLE pgvision_admin NOLOGIN;
-        COMMENT ON ROLE pgvision_admin IS 'may register and drop pgvision models and pipelines';
-    END IF;
-END
-$$;
-
+-- pgvision_admin (000-common.sql) manages models and pipelines.
 GRANT USAGE ON SCHEMA pgvision TO PUBLIC;
 GRANT SELECT ON pgvision.models, pgvision.pipelines TO PUBLIC;
 GRANT INSERT, DELETE ON pgvision.models, pgvision.pipelines TO pgvision_admin;

@@ -1,0 +1,248 @@
+-- The engine behind search, search_batch and search_like (031-search.sql): checks, the row
+-- key, the candidate query, query expansion, collapse by group. Every query it builds takes
+-- the same parameters:
+--   $1 query vector (text), $2 key to exclude, $3 max_distance, $4 min_similarity,
+--   $5 query_no, $6 number of candidates.
+-- The caller's filter is concatenated in, never a format() template (it may hold %), on
+-- lines of its own so that a trailing -- comment in it ends there; it runs with the
+-- caller's privileges and search_path = pg_catalog, pg_temp.
+
+-- The checks of a search's arguments; returns the metric it runs with: the one given, else
+-- that of the column's index, else the default.
+CREATE OR REPLACE FUNCTION pgvision._search_metric(tbl regclass, k int, feature_column name, given text,
+                                                   group_by name, max_distance double precision,
+                                                   min_similarity double precision, expand int,
+                                                   OUT metric text, OUT operator text, OUT similarity text)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _m record;
+BEGIN
+    IF tbl IS NULL OR feature_column IS NULL OR k IS NULL OR expand IS NULL THEN
+        RAISE EXCEPTION 'tbl, k, feature_column and expand must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF k < 1 THEN
+        RAISE EXCEPTION 'k must be at least 1, not %', k USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Every comparison with NaN is false in SQL but NaN sorts above every number in
+    -- PostgreSQL, so c.distance <= 'NaN' kept every row; infinities mean no limit at all.
+    IF max_distance IN ('NaN', 'Infinity', '-Infinity') THEN
+        RAISE EXCEPTION 'max_distance must be a finite number, not %', max_distance
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'leave it NULL for no limit';
+    END IF;
+    IF min_similarity IN ('NaN', 'Infinity', '-Infinity') THEN
+        RAISE EXCEPTION 'min_similarity must be a finite number, not %', min_similarity
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'leave it NULL for no limit';
+    END IF;
+    SELECT * INTO _m FROM pgvision._metric(coalesce(given, pgvision._index_metric(tbl, feature_column),
+                                                    pgvision._default_metric()));
+    IF min_similarity IS NOT NULL AND _m.similarity IS NULL THEN
+        RAISE EXCEPTION 'min_similarity applies to the cosine and ip metrics'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'with l2, limit the distance with max_distance';
+    END IF;
+    -- l2 and cosine distances are never negative (the ip "distance" is the negative inner
+    -- product, which may be): a negative limit would silently find nothing.
+    IF max_distance < 0 AND _m.metric IN ('l2', 'cosine') THEN
+        RAISE EXCEPTION 'max_distance must not be negative with the % metric, not %', _m.metric, max_distance
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = CASE _m.metric WHEN 'l2' THEN 'l2 distances are 0 or more' ELSE 'cosine distances are between 0 and 2' END;
+    END IF;
+    IF expand < 0 OR expand > 1000 THEN
+        RAISE EXCEPTION 'expand must be between 0 and 1000, not %', expand USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM pgvision._vector_column(tbl, feature_column);
+    IF group_by IS NOT NULL THEN
+        PERFORM pgvision._require_column(tbl, group_by);
+    END IF;
+    metric := _m.metric;
+    operator := _m.operator;
+    similarity := _m.similarity;
+END
+$$;
+COMMENT ON FUNCTION pgvision._search_metric(regclass, int, name, text, name, double precision, double precision, int) IS
+'internal: checks the arguments of pgvision._search; returns the metric it searches with (the given one, else the column index''s, else the default), its operator and similarity template (pgvision._metrics())';
+
+-- What identifies a row in search results: the primary key (a composite one in its row
+-- form), or what the scale-out hook says (a sharded table's partition key); NULL without.
+CREATE OR REPLACE FUNCTION pgvision._row_key(tbl regclass, OUT columns name[], OUT key_type text)
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT pg_catalog.array_agg(a.attname ORDER BY pg_catalog.array_position(i.indkey::int2[], a.attnum)),
+           pg_catalog.min(pg_catalog.format_type(a.atttypid, a.atttypmod))
+    INTO columns, key_type
+    FROM pg_catalog.pg_index i
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+    WHERE i.indrelid = tbl AND i.indisprimary;
+    IF columns IS NULL THEN
+        SELECT ARRAY[h.key_column], h.key_type INTO columns, key_type
+        FROM pgvision._scale_out(tbl, NULL, NULL, NULL, NULL) h WHERE h.key_column IS NOT NULL;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION pgvision._row_key(regclass) IS
+'internal: the columns and type of what identifies a row of a table in search results: its primary key, or the partition key of a sharded table; NULLs without';
+
+-- The candidates of a search, the $6 nearest rows that pass the filter, as the query
+--   SELECT id, distance, item[, grp] ... ORDER BY distance LIMIT $6
+-- and, for query expansion, the features of the $6 nearest rows. A table of this server
+-- is read through its index; for a sharded table the scale-out hook gives one query per
+-- shard, all sent at once.
+CREATE OR REPLACE FUNCTION pgvision._search_candidates(tbl regclass, feature_column name, operator text,
+                                                       filter text, group_by name, expand int,
+                                                       exclude_key text,
+                                                       OUT candidates text, OUT nearest text)
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _vs text := pgvision._vector_schema();
+    _key record := pgvision._row_key(tbl);
+    _cols text[] := ARRAY(SELECT pg_catalog.format('t.%I', c) FROM pg_catalog.unnest(_key.columns) c);
+    _dist text := pg_catalog.format('t.%I OPERATOR(%I.%s) $1::%I.vector', feature_column, _vs, operator, _vs);
+    _id text;
+    _item text;
+    _where text;
+    _with text := '';
+    _from text;
+    _shards text;
+BEGIN
+    IF exclude_key IS NOT NULL AND pg_catalog.cardinality(_key.columns) IS DISTINCT FROM 1 THEN
+        RAISE EXCEPTION 'cannot exclude a row of % by key without a single-column primary key', tbl
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    _id := CASE WHEN _key.columns IS NULL THEN 'NULL::text'
+                WHEN pg_catalog.cardinality(_cols) = 1 THEN _cols[1] || '::pg_catalog.text'
+                ELSE 'ROW(' || pg_catalog.array_to_string(_cols, ', ') || ')::pg_catalog.text' END;
+    -- item: the row as jsonb, without what pgvision._plain_columns leaves out
+    _item := coalesce((SELECT '(SELECT pg_catalog.to_jsonb(r) FROM (SELECT '
+                              || pg_catalog.string_agg(pg_catalog.format('t.%I', c), ', ') || ') r)'
+                       FROM pg_catalog.unnest(pgvision._plain_columns(tbl)) c),
+                      '''{}''::pg_catalog.jsonb');
+    _where := pg_catalog.format('t.%I IS NOT NULL', feature_column)
+              || CASE WHEN filter IS NULL THEN '' ELSE E' AND (\n' || filter || E'\n)' END
+              || CASE WHEN exclude_key IS NULL THEN ''
+                      ELSE pg_catalog.format(' AND %s <> CAST($2 AS %s)', _cols[1], _key.key_type) END;
+    _shards := (pgvision._scale_out(tbl, ARRAY[group_by, CASE WHEN expand > 0 THEN feature_column END],
+                                    _dist, _where, '$6')).candidates;
+    IF _shards IS NULL THEN
+        _from := ' FROM ' || tbl::text || ' AS t WHERE ' || _where || ' ORDER BY ' || _dist || ' LIMIT $6';
+    ELSE
+        _with := 'WITH u AS MATERIALIZED (' || _shards || ') ';
+        _dist := 't.pgvision_distance';
+        _from := ' FROM u AS t ORDER BY t.pgvision_distance LIMIT $6';
+    END IF;
+    candidates := _with || 'SELECT ' || _id || ' AS id, ' || _dist || ' AS distance, ' || _item || ' AS item'
+                  || CASE WHEN group_by IS NULL THEN '' ELSE pg_catalog.format(', t.%I AS grp', group_by) END
+                  || _from;
+    nearest := _with || pg_catalog.format('SELECT t.%I', feature_column) || _from;
+END
+$$;
+COMMENT ON FUNCTION pgvision._search_candidates(regclass, name, text, text, name, int, text) IS
+'internal: the candidate query of pgvision._search (id, distance, item and grp of the $6 nearest rows) and the query of the $6 nearest features, for a table of this server or, through pgvision._scale_out, a sharded one';
+
+-- Query expansion: half the query, half the mean of its n nearest rows (unit vectors for
+-- cosine), i.e. the query counted n times among the n rows; BENCHMARKS.md compares it with
+-- the plain mean of all n + 1 vectors.
+CREATE OR REPLACE FUNCTION pgvision._search_expand(query text, nearest text, metric text, n int, exclude_key text)
+RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _vs text := pgvision._vector_schema();
+    _q text;
+BEGIN
+    -- Concatenated, never a format() template: nearest holds the caller's filter.
+    EXECUTE pg_catalog.format('SELECT %1$I.avg(%2$s)::pg_catalog.text FROM (SELECT $1::%1$I.vector AS f'
+                              ' FROM pg_catalog.generate_series(1, $6) UNION ALL (',
+                              _vs, CASE WHEN metric = 'cosine' THEN pg_catalog.format('%I.l2_normalize(s.f)', _vs) ELSE 's.f' END)
+            || nearest || ')) s'
+        INTO _q USING query, exclude_key, NULL::double precision, NULL::double precision, 0, n;
+    RETURN _q;
+END
+$$;
+COMMENT ON FUNCTION pgvision._search_expand(text, text, text, int, text) IS
+'internal: the expanded query of pgvision._search: the mean of the query counted n times and its n nearest features (normalized for cosine)';
+
+-- Collapse by group: how many candidates hold k groups. The candidate set grows until it
+-- holds k groups or the scan runs out (end of the table, the distance threshold, or
+-- hnsw.max_scan_tuples).
+CREATE OR REPLACE FUNCTION pgvision._search_group_size(candidates text, ok text, k int, query text,
+                                                       exclude_key text, max_distance double precision,
+                                                       min_similarity double precision)
+RETURNS int
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _n int := LEAST(GREATEST(k::bigint * 10, 100), 1000000000)::int;
+    _rows bigint;
+    _groups bigint;
+    _beyond boolean;
+BEGIN
+    LOOP
+        EXECUTE 'WITH c AS MATERIALIZED (' || candidates || ') '
+                || 'SELECT pg_catalog.count(*), '
+                || 'pg_catalog.count(DISTINCT c.grp) FILTER (WHERE ' || ok || ') '
+                || '+ coalesce(pg_catalog.max(1) FILTER (WHERE c.grp IS NULL AND ' || ok || '), 0), '
+                || 'coalesce(pg_catalog.bool_or(NOT (' || ok || ')), false) FROM c'
+            INTO _rows, _groups, _beyond
+            USING query, exclude_key, max_distance, min_similarity, 0, _n;
+        EXIT WHEN _groups >= k OR _rows < _n OR _beyond OR _n >= 1000000000;
+        _n := LEAST(_n::bigint * 4, 1000000000)::int;
+    END LOOP;
+    RETURN _n;
+END
+$$;
+COMMENT ON FUNCTION pgvision._search_group_size(text, text, int, text, text, double precision, double precision) IS
+'internal: for group_by, the number of candidates of pgvision._search that holds k groups (or all there are)';
+
+-- Iterative index scans (pgvector 0.8) keep reading the index until k rows pass the filter;
+-- relaxed_order may return rows slightly out of order, so results are sorted again.
+CREATE OR REPLACE FUNCTION pgvision._search(
+    tbl regclass, queries text[], k int, feature_column name, metric text, filter text, group_by name,
+    max_distance double precision, min_similarity double precision, expand int, exclude_key text)
+RETURNS TABLE (query_no int, rank int, id text, distance double precision,
+               similarity double precision, item jsonb)
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE ROWS 10
+SET search_path = pg_catalog, pg_temp
+SET hnsw.iterative_scan = relaxed_order
+SET ivfflat.iterative_scan = relaxed_order
+AS $$
+DECLARE
+    _m record := pgvision._search_metric(tbl, k, feature_column, metric, group_by, max_distance,
+                                         min_similarity, expand);
+    _c record := pgvision._search_candidates(tbl, feature_column, _m.operator, filter, group_by, expand,
+                                             exclude_key);
+    _sim text := coalesce(pg_catalog.format(_m.similarity, 'c.distance'), 'NULL::double precision');
+    _ok text := pg_catalog.format('($3::double precision IS NULL OR c.distance OPERATOR(pg_catalog.<=) $3)'
+                                  ' AND ($4::double precision IS NULL OR %s OPERATOR(pg_catalog.>=) $4)', _sim);
+    _rank constant text := 'SELECT $5, (pg_catalog.row_number() OVER (ORDER BY c.distance))::int, c.id, c.distance, ';
+    _q text;
+    _n int;
+BEGIN
+    FOR i IN 1 .. coalesce(pg_catalog.cardinality(queries), 0) LOOP
+        _q := queries[i];
+        CONTINUE WHEN _q IS NULL;
+        IF expand > 0 THEN
+            _q := pgvision._search_expand(_q, _c.nearest, _m.metric, expand, exclude_key);
+        END IF;
+        IF group_by IS NULL THEN
+            RETURN QUERY EXECUTE 'WITH c AS MATERIALIZED (' || _c.candidates || ') ' || _rank
+                                 || _sim || ', c.item FROM c WHERE ' || _ok || ' ORDER BY c.distance'
+                USING _q, exclude_key, max_distance, min_similarity, i, k;
+        ELSE
+            _n := pgvision._search_group_size(_c.candidates, _ok, k, _q, exclude_key, max_distance, min_similarity);
+            RETURN QUERY EXECUTE 'WITH c AS MATERIALIZED (' || _c.candidates || '), '
+                                 || 'g AS (SELECT DISTINCT ON (c.grp) c.* FROM c WHERE ' || _ok || ' ORDER BY c.grp, c.distance) '
+                                 || _rank || _sim || ', c.item FROM g AS c ORDER BY c.distance LIMIT ' || k
+                USING _q, exclude_key, max_distance, min_similarity, i, _n;
+        END IF;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION pgvision._search(regclass, text[], int, name, text, text, name, double precision, double precision, int, text) IS
+'internal: the query behind pgvision.search, search_batch and search_like';
