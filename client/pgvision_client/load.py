@@ -5,17 +5,15 @@ file whose content (sha256) is already there, under another path, is skipped as 
 duplicate. Files that cannot be read or are not images are reported, never loaded.
 """
 
-import contextlib
 import csv
 import dataclasses
 import hashlib
 import io
 import os
 import pathlib
-import threading
+import re
 import warnings
 
-import psycopg
 from PIL import Image, UnidentifiedImageError
 from psycopg import sql
 from tqdm import tqdm
@@ -213,22 +211,29 @@ def copy_files(conn, table, items, batch, result):
 def embed_table(conn, table, model, batch, result):
     """Fill the table's NULL features with CALL pgvision.embed_table, ``batch`` rows per
     transaction. It commits as it goes, so it runs in autocommit mode; the progress bar
-    follows pgvision.backfill_progress from a second connection. Rows whose image the server
-    refuses keep a NULL feature and are reported from pgvision.backfill_errors; retry_errors
-    makes every run try them again, so they stay reported until they are fixed.
+    follows the NOTICE it sends after every batch ("N rows embedded, M left, ..."). Rows
+    whose image the server refuses keep a NULL feature and are reported from
+    pgvision.backfill_errors; retry_errors makes every run try them again, so they stay
+    reported until they are fixed.
     """
     oid = db.table_oid(conn, table)
     t = db.table_ident(table)
     todo = conn.execute(sql.SQL("SELECT count(*) FROM {t} WHERE feature IS NULL").format(t=t)).fetchone()[0]
     conn.commit()
-    with tqdm(total=todo, unit="img", desc="embed", disable=None) as bar, _follow(conn, oid, bar):
+    with tqdm(total=todo, unit="img", desc="embed", disable=None) as bar:
+        def progress(diag):
+            left = re.search(r" rows embedded, (\d+) left,", diag.message_primary or "")
+            if left:
+                bar.update(todo - int(left.group(1)) - bar.n)
+
+        conn.add_notice_handler(progress)
         conn.autocommit = True
         try:
             conn.execute("CALL pgvision.embed_table(%s::oid::regclass, 'image', 'feature', %s::text,"
                          " batch_size => %s::int, retry_errors => true)", [oid, model, batch])
         finally:
             conn.autocommit = False
-        bar.n = todo
+            conn.remove_notice_handler(progress)
     result.embedded += conn.execute(
         "SELECT rows_done FROM pgvision.backfill_progress WHERE tbl = %s::oid AND feature_column = 'feature'",
         [oid]).fetchone()[0]
@@ -238,36 +243,6 @@ def embed_table(conn, table, model, batch, result):
             t=t, ty=sql.SQL(db.columns(conn, oid)["id"])), [oid])
     result.problems += [Problem(path, "embed failed", error) for path, error in failed]
     conn.commit()
-
-
-@contextlib.contextmanager
-def _follow(conn, oid, bar):
-    """While the body runs embed_table on ``conn``, move ``bar`` to the rows it has done."""
-    if bar.disable:
-        yield
-        return
-    stop = threading.Event()
-
-    def poll():
-        try:
-            with psycopg.connect(conn.info.dsn, password=conn.info.password or None, autocommit=True) as c:
-                while not stop.wait(0.5):
-                    row = c.execute("SELECT rows_done + errors + null_images FROM pgvision.backfill_progress"
-                                    " WHERE tbl = %s::oid AND feature_column = 'feature' AND pid = %s",
-                                    [oid, conn.info.backend_pid]).fetchone()
-                    if row:
-                        bar.n = row[0]
-                        bar.refresh()
-        except psycopg.Error:
-            pass  # no progress shown; the embedding goes on
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def load(conn, table, items, model=None, batch=64, embed=True):
