@@ -16,6 +16,7 @@ import sys
 import time
 
 import numpy as np
+import psycopg
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -130,3 +131,27 @@ def write_results(name, data, markdown):
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown.strip() + "\n")
     print(f"wrote bench/results/{name}.json and {name}.md")
+
+
+def set_runtime_path(conninfo, folder):
+    """Point the server's pgvision.runtime_path at ``folder`` (None: back to the default).
+
+    It is a server setting, since it decides which code the server runs: backends that
+    import the runtime from now on take it, those that already did keep theirs.
+    """
+    with psycopg.connect(conninfo, autocommit=True) as c:
+        c.execute("LOAD 'pgvision'")
+        default = c.execute("SELECT boot_val FROM pg_settings WHERE name = 'pgvision.runtime_path'").fetchone()[0]
+        if folder is None:
+            c.execute("ALTER SYSTEM RESET pgvision.runtime_path")
+        else:
+            c.execute("ALTER SYSTEM SET pgvision.runtime_path = '%s'" % folder.replace("'", "''"))
+        c.execute("SELECT pg_reload_conf()")
+    want = folder or default
+    for _ in range(200):  # the postmaster rereads its files a moment later
+        with psycopg.connect(conninfo, autocommit=True) as c:
+            c.execute("LOAD 'pgvision'")
+            if c.execute("SELECT current_setting('pgvision.runtime_path')").fetchone()[0] == want:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"pgvision.runtime_path did not become {want}")

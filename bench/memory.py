@@ -72,8 +72,12 @@ class Modes:
         self.server = server
         self.options = {"shared": "-c pgvision.share_models=on",
                         "private": "-c pgvision.share_models=off"}
+        # the runtime folder each mode's backends import (a server setting: see connect)
+        self.runtime = {"shared": None, "private": None}
+        self.current = None
         if baseline:
-            self.options["before"] = f"-c pgvision.runtime_path={baseline}"
+            self.options["before"] = "-c pgvision.share_models=on"
+            self.runtime["before"] = baseline
 
     def embed(self, mode):
         """The SQL function embedding one image in ``mode``: the old runtime has only the text path."""
@@ -83,6 +87,12 @@ class Modes:
         return BEFORE_FUNCTIONS[1] if mode == "before" else "pgvision.embed_batch"
 
     def connect(self, mode):
+        """A new backend of ``mode``; it must make its first pgvision call before a
+        connection of another mode is opened, since the server's runtime folder follows the
+        mode asked last."""
+        if self.runtime[mode] != self.current:
+            common.set_runtime_path(self.server.conninfo, self.runtime[mode])
+            self.current = self.runtime[mode]
         return psycopg.connect(self.server.conninfo, autocommit=True, options=self.options[mode])
 
     def names(self, k):
