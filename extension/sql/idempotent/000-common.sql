@@ -36,9 +36,8 @@ RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(t.typname)
-    FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-    WHERE t.oid = typ
+    SELECT t.typnamespace::pg_catalog.regnamespace::text || '.' || pg_catalog.quote_ident(t.typname)
+    FROM pg_catalog.pg_type t WHERE t.oid = typ
 $$;
 COMMENT ON FUNCTION pgvision._type_name(oid) IS
 'internal: a type''s name with its schema, both quoted, without type modifiers (pg_catalog.text, public.vector), whatever the search_path';
@@ -48,9 +47,8 @@ RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
-    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.oid = rel
+    SELECT c.relnamespace::pg_catalog.regnamespace::text || '.' || pg_catalog.quote_ident(c.relname)
+    FROM pg_catalog.pg_class c WHERE c.oid = rel
 $$;
 COMMENT ON FUNCTION pgvision._rel_name(regclass) IS
 'internal: a relation''s name with its schema (pg_temp_N for a temporary table), both quoted, whatever the search_path';
@@ -125,6 +123,27 @@ $$;
 COMMENT ON FUNCTION pgvision._vector_column(regclass, name) IS
 'internal: checks that a column exists and is of type vector; returns its dimensions, or -1 when it has none';
 
+-- A vector column an index can be built on: one with dimensions (vector(n), not vector).
+CREATE OR REPLACE FUNCTION pgvision._vector_dims(tbl regclass, column_name name, suggested int DEFAULT 1280)
+RETURNS int
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _dim int := pgvision._vector_column(tbl, column_name);
+BEGIN
+    IF _dim < 1 THEN
+        RAISE EXCEPTION 'column "%" of relation % has no dimensions', column_name, tbl
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = pg_catalog.format('vector indexes need them: ALTER TABLE %s ALTER COLUMN %I TYPE vector(%s)',
+                                           tbl, column_name, suggested);
+    END IF;
+    RETURN _dim;
+END
+$$;
+COMMENT ON FUNCTION pgvision._vector_dims(regclass, name, int) IS
+'internal: the dimensions of a vector column, or invalid_parameter_value (with an ALTER TABLE hint) when it has none';
+
 -- What search shows of a row: no vectors and no bytea (image) columns, which BI tools cannot
 -- show and which would be detoasted (or, from a shard, fetched) for nothing.
 CREATE OR REPLACE FUNCTION pgvision._plain_columns(rel regclass)
@@ -196,16 +215,11 @@ COMMENT ON FUNCTION pgvision._metric(text, text) IS
 -- table has no primary key here), and, when distance is given, candidates, the top-n query
 -- of the table as the shards answer it, with columns named as the table's plus
 -- pgvision_distance.
-CREATE OR REPLACE FUNCTION pgvision._scale_out(tbl regclass, extra_columns name[], distance text,
-                                               where_clause text, n text,
-                                               OUT key_column name, OUT key_type text,
-                                               OUT candidates text)
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+CREATE OR REPLACE FUNCTION pgvision._scale_out(tbl regclass, extra_columns name[], distance text, where_clause text, n text, OUT key_column name, OUT key_type text, OUT candidates text)
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-BEGIN
-    RETURN;  -- a table of this server
-END
+    SELECT NULL::name, NULL::text, NULL::text  -- a table of this server
 $$;
 COMMENT ON FUNCTION pgvision._scale_out(regclass, name[], text, text, text) IS
 'internal: the hook search calls for every table: NULLs for a table of this server; for a sharded table (044-shard-search.sql), its row key and, with a distance, its top-n query over the shards';

@@ -64,13 +64,7 @@ BEGIN
         RAISE EXCEPTION 'unknown index method "%"', create_index.method
             USING ERRCODE = 'invalid_parameter_value', HINT = 'expected hnsw or ivfflat';
     END IF;
-    _dim := pgvision._vector_column(tbl, column_name);
-    IF _dim < 1 THEN
-        RAISE EXCEPTION 'column "%" of relation % has no dimensions', column_name, tbl
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = pg_catalog.format('vector indexes need them: ALTER TABLE %s ALTER COLUMN %I TYPE vector(1280)',
-                                           tbl, column_name);
-    END IF;
+    _dim := pgvision._vector_dims(tbl, column_name);
 
     _vs := pgvision._vector_schema();
     IF create_index.halfvec THEN

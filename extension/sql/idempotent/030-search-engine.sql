@@ -100,7 +100,8 @@ AS $$
 DECLARE
     _vs text := pgvision._vector_schema();
     _key record := pgvision._row_key(tbl);
-    _cols text[] := ARRAY(SELECT pg_catalog.format('t.%I', c) FROM pg_catalog.unnest(_key.columns) c);
+    _cols text[] := ARRAY(SELECT pg_catalog.format('t.%I', u.c) FROM pg_catalog.unnest(_key.columns) WITH ORDINALITY u (c, i)
+                          ORDER BY u.i);
     _dist text := pg_catalog.format('t.%I OPERATOR(%I.%s) $1::%I.vector', feature_column, _vs, operator, _vs);
     _id text;
     _item text;
@@ -118,8 +119,8 @@ BEGIN
                 ELSE 'ROW(' || pg_catalog.array_to_string(_cols, ', ') || ')::pg_catalog.text' END;
     -- item: the row as jsonb, without what pgvision._plain_columns leaves out
     _item := coalesce((SELECT '(SELECT pg_catalog.to_jsonb(r) FROM (SELECT '
-                              || pg_catalog.string_agg(pg_catalog.format('t.%I', c), ', ') || ') r)'
-                       FROM pg_catalog.unnest(pgvision._plain_columns(tbl)) c),
+                              || pg_catalog.string_agg(pg_catalog.format('t.%I', u.c), ', ' ORDER BY u.i) || ') r)'
+                       FROM pg_catalog.unnest(pgvision._plain_columns(tbl)) WITH ORDINALITY u (c, i)),
                       '''{}''::pg_catalog.jsonb');
     _where := pg_catalog.format('t.%I IS NOT NULL', feature_column)
               || CASE WHEN filter IS NULL THEN '' ELSE E' AND (\n' || filter || E'\n)' END

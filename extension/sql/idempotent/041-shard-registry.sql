@@ -39,15 +39,10 @@ BEGIN
                 SELECT pg_catalog.btrim(x) AS x FROM pg_catalog.unnest(pg_catalog.string_to_array(_ext, ',')) x
                 UNION SELECT 'vector' UNION SELECT 'pgvision') s WHERE x <> ''));
     END IF;
-    IF NOT _opts ? 'async_capable' THEN
-        _fix := _fix || 'ADD async_capable ''true'''::text;
-    END IF;
-    IF NOT _opts ? 'parallel_commit' THEN
-        _fix := _fix || 'ADD parallel_commit ''true'''::text;
-    END IF;
-    IF NOT _opts ? 'fdw_tuple_cost' THEN
-        _fix := _fix || 'ADD fdw_tuple_cost ''0.2'''::text;
-    END IF;
+    _fix := _fix || ARRAY(SELECT pg_catalog.format('ADD %s %L', d.opt, d.val)
+                          FROM (VALUES (1, 'async_capable', 'true'), (2, 'parallel_commit', 'true'),
+                                       (3, 'fdw_tuple_cost', '0.2')) d (n, opt, val)
+                          WHERE NOT _opts ? d.opt ORDER BY d.n);
     IF NOT _opts ? 'options' THEN
         _fix := _fix || 'ADD options ''-c hnsw.iterative_scan=strict_order'''::text;
     ELSIF pg_catalog.strpos(_opts ->> 'options', 'hnsw.iterative_scan') = 0 THEN

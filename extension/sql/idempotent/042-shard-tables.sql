@@ -117,12 +117,7 @@ BEGIN
     END IF;
     IF metric IS NOT NULL THEN
         PERFORM pgvision._metric(metric, 'expected l2, cosine or ip, or NULL for no index');
-        IF pgvision._vector_column(tbl, feature_column) < 1 THEN
-            RAISE EXCEPTION 'column "%" of relation % has no dimensions', feature_column, tbl
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = pg_catalog.format('vector indexes need them: ALTER TABLE %s ALTER COLUMN %I TYPE vector(1280)',
-                                               tbl, feature_column);
-        END IF;
+        PERFORM pgvision._vector_dims(tbl, feature_column);
     END IF;
     FOREACH _srv IN ARRAY servers LOOP
         PERFORM pgvision._shard_check(_srv);

@@ -1,44 +1,17 @@
 -- Scale-out: backfill on every shard at once (CALL pgvision.embed_table on each, over a
 -- dblink connection of its own) and the shards' progress. See 040-shard-remote.sql.
 
--- Starts CALL pgvision.embed_table on one shard on the dblink connection conn (closing one
--- of that name an earlier call left open after failing); NULL, or the error as
--- {"state", "error"} when it could not start.
-CREATE OR REPLACE FUNCTION pgvision._embed_shard_start(conn text, srv name, remote text, image_column name,
-                                                       feature_column name, model text, batch_size int,
-                                                       retry_errors boolean)
-RETURNS jsonb
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    _state text;
-    _msg text;
-    _detail text;
-BEGIN
-    IF conn = ANY (coalesce(pgvision._dblink_call('get_connections')::text[], '{}')) THEN
-        PERFORM pgvision._dblink_call('disconnect', conn);
-    END IF;
-    PERFORM pgvision._dblink_call('connect', conn, srv);
-    -- The shard's per-batch NOTICEs would only reach this server's log.
-    PERFORM pgvision._dblink_call('exec', conn, 'SET client_min_messages = warning');
-    PERFORM pgvision._dblink_call('send_query', conn,
-        pg_catalog.format('CALL pgvision.embed_table(%L, %L, %L, %L, %s, NULL, %L)',
-                          remote, image_column, feature_column, model, batch_size, retry_errors));
-    RETURN NULL;
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS _state = RETURNED_SQLSTATE, _msg = MESSAGE_TEXT, _detail = PG_EXCEPTION_DETAIL;
-    RETURN pg_catalog.jsonb_build_object('state', _state, 'error', pgvision._error_text(_msg, _detail));
-END
-$$;
-COMMENT ON FUNCTION pgvision._embed_shard_start(text, name, text, name, name, text, int, boolean) IS
-'internal: sends CALL pgvision.embed_table to a shard on a dblink connection of its own; NULL, or {"state", "error"} when it could not';
-
--- The end of a shard's backfill, once its connection is no longer busy: the CALL's error,
--- if it failed, else fresh statistics on the shard (every feature changed, and the
--- coordinator plans with the shard's estimates, use_remote_estimate) and its progress row,
--- as {"rows_done", "errors", "null_images", "seconds"} or {"state", "error"}.
-CREATE OR REPLACE FUNCTION pgvision._embed_shard_result(conn text, srv name, remote text, feature_column name)
+-- One shard's backfill over the dblink connection conn, in two steps, each returning the
+-- error as {"state", "error"} instead of raising it:
+--   start: CALL pgvision.embed_table sent (a connection of that name an earlier call left
+--     open after failing is closed first); NULL;
+--   finish, once the connection is no longer busy: the CALL's error, if it failed, else fresh
+--     statistics on the shard (every feature changed, and the coordinator plans with the
+--     shard's estimates, use_remote_estimate) and its progress row, as {"rows_done",
+--     "errors", "null_images", "seconds"}.
+CREATE OR REPLACE FUNCTION pgvision._embed_shard(start boolean, conn text, srv name, remote text,
+                                                 image_column name, feature_column name, model text,
+                                                 batch_size int, retry_errors boolean)
 RETURNS jsonb
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
@@ -49,6 +22,18 @@ DECLARE
     _msg text;
     _detail text;
 BEGIN
+    IF start THEN
+        IF conn = ANY (coalesce(pgvision._dblink_call('get_connections')::text[], '{}')) THEN
+            PERFORM pgvision._dblink_call('disconnect', conn);
+        END IF;
+        PERFORM pgvision._dblink_call('connect', conn, srv);
+        -- The shard's per-batch NOTICEs would only reach this server's log.
+        PERFORM pgvision._dblink_call('exec', conn, 'SET client_min_messages = warning');
+        PERFORM pgvision._dblink_call('send_query', conn,
+            pg_catalog.format('CALL pgvision.embed_table(%L, %L, %L, %L, %s, NULL, %L)',
+                              remote, image_column, feature_column, model, batch_size, retry_errors));
+        RETURN NULL;
+    END IF;
     PERFORM pgvision._dblink_call('get_result', conn);  -- raises the shard's error, if the CALL failed
     PERFORM pgvision._dblink_call('get_result', conn);
     PERFORM pgvision._dblink_call('exec', conn, 'ANALYZE ' || remote);
@@ -66,8 +51,8 @@ EXCEPTION WHEN OTHERS THEN
     RETURN pg_catalog.jsonb_build_object('state', _state, 'error', pgvision._error_text(_msg, _detail));
 END
 $$;
-COMMENT ON FUNCTION pgvision._embed_shard_result(text, name, text, name) IS
-'internal: collects a shard''s finished CALL pgvision.embed_table: analyzes its table and returns its progress, or {"state", "error"}';
+COMMENT ON FUNCTION pgvision._embed_shard(boolean, text, name, text, name, name, text, int, boolean) IS
+'internal: starts (start) or finishes CALL pgvision.embed_table on a shard over a dblink connection of its own; finishing analyzes the shard''s table and returns its progress; either returns an error as {"state", "error"}';
 
 CREATE OR REPLACE FUNCTION pgvision.embed_shards(tbl regclass, image_column name, feature_column name,
                                                  model text DEFAULT 'efficientnet_lite0',
@@ -91,13 +76,7 @@ BEGIN
         RAISE EXCEPTION 'tbl, image_column, feature_column, model and retry_errors must not be null'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF batch_size IS NULL THEN
-        RAISE EXCEPTION 'batch_size must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF batch_size < 1 THEN
-        RAISE EXCEPTION 'batch_size must be at least 1, not %', batch_size
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM pgvision._check_batch_size(batch_size);
     PERFORM pgvision._dblink();
     IF NOT pgvision._is_sharded(tbl) THEN
         RAISE EXCEPTION '% is not a sharded table', tbl USING ERRCODE = 'wrong_object_type',
@@ -113,8 +92,8 @@ BEGIN
     BEGIN
         -- Start every shard; one that cannot start is reported at the end, the others go on.
         FOR i IN 1 .. _n LOOP
-            _results[i] := pgvision._embed_shard_start(_conns[i], _servers[i], _remotes[i], image_column,
-                                                       feature_column, model, batch_size, retry_errors);
+            _results[i] := pgvision._embed_shard(true, _conns[i], _servers[i], _remotes[i], image_column,
+                                                 feature_column, model, batch_size, retry_errors);
             _running[i] := _results[i] IS NULL;
         END LOOP;
         -- Wait for them, polling so that a cancel of this query is noticed.
@@ -127,7 +106,8 @@ BEGIN
                     CONTINUE;
                 END IF;
                 _running[i] := false;
-                _results[i] := pgvision._embed_shard_result(_conns[i], _servers[i], _remotes[i], feature_column);
+                _results[i] := pgvision._embed_shard(false, _conns[i], _servers[i], _remotes[i], image_column,
+                                                     feature_column, model, batch_size, retry_errors);
             END LOOP;
             EXIT WHEN NOT _any;
             PERFORM pg_catalog.pg_sleep(0.1);

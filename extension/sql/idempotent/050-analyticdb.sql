@@ -141,13 +141,7 @@ BEGIN
         END IF;
         CASE _key
         WHEN 'dim' THEN
-            IF _dim < 1 THEN
-                RAISE EXCEPTION 'column "%" of relation % has no dimensions', column_name, tbl
-                    USING ERRCODE = 'invalid_parameter_value',
-                          HINT = pg_catalog.format('declare them: ALTER TABLE %s ALTER COLUMN %I TYPE vector(%s)',
-                                                   tbl, column_name, _int);
-            END IF;
-            IF _int <> _dim THEN
+            IF _int <> pgvision._vector_dims(tbl, column_name, _int) THEN
                 RAISE EXCEPTION 'dim is %, but column "%" of relation % has % dimensions', _int, column_name, tbl, _dim
                     USING ERRCODE = 'invalid_parameter_value';
             END IF;
