@@ -27,21 +27,11 @@ $$;
 COMMENT ON FUNCTION pgvision._vector_schema() IS
 'internal: the schema pgvector''s types, operators and operator classes live in';
 
--- Names for the dynamic SQL that runs under the caller's search_path, built from the
--- catalogs: format_type and regclass output leave out the schema of whatever the current
--- search_path finds (pg_catalog's text, a temporary table), which a caller's search_path
--- with public first would then find elsewhere (a public.text domain, a public table).
-CREATE OR REPLACE FUNCTION pgvision._type_name(typ oid)
-RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT t.typnamespace::pg_catalog.regnamespace::text || '.' || pg_catalog.quote_ident(t.typname)
-    FROM pg_catalog.pg_type t WHERE t.oid = typ
-$$;
-COMMENT ON FUNCTION pgvision._type_name(oid) IS
-'internal: a type''s name with its schema, both quoted, without type modifiers (pg_catalog.text, public.vector), whatever the search_path';
-
+-- Names for the dynamic SQL that runs under the caller's search_path (this one and
+-- pgvision._column's type_name), built from the catalogs: format_type and regclass output
+-- leave out the schema of whatever the current search_path finds (pg_catalog's text, a
+-- temporary table), which a caller's search_path with public first would then find
+-- elsewhere (a public.text domain, a public table).
 CREATE OR REPLACE FUNCTION pgvision._rel_name(rel regclass)
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE STRICT
@@ -71,20 +61,23 @@ COMMENT ON FUNCTION pgvision._check_owner(regclass) IS
 -- Columns
 
 -- The one "does this column exist" query: a live user column of a relation, or no row.
+-- type_name is the type's name with its schema, both quoted, without type modifiers
+-- (pg_catalog.text, public.vector), whatever the search_path.
 CREATE OR REPLACE FUNCTION pgvision._column(rel regclass, column_name name)
-RETURNS TABLE (num int2, type oid, typmod int, notnull boolean, generated "char")
+RETURNS TABLE (num int2, type oid, typmod int, notnull boolean, generated "char", type_name text)
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT a.attnum, a.atttypid, a.atttypmod, a.attnotnull, a.attgenerated
-    FROM pg_catalog.pg_attribute a
+    SELECT a.attnum, a.atttypid, a.atttypmod, a.attnotnull, a.attgenerated,
+           t.typnamespace::pg_catalog.regnamespace::text || '.' || pg_catalog.quote_ident(t.typname)
+    FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
     WHERE a.attrelid = rel AND a.attname = column_name AND a.attnum > 0 AND NOT a.attisdropped
 $$;
 COMMENT ON FUNCTION pgvision._column(regclass, name) IS
-'internal: number, type, type modifier, NOT NULL and generated kind of a live column of a relation; no row when there is none';
+'internal: number, type, type modifier, NOT NULL, generated kind and schema-qualified type name of a live column of a relation; no row when there is none';
 
 CREATE OR REPLACE FUNCTION pgvision._require_column(rel regclass, column_name name)
-RETURNS TABLE (num int2, type oid, typmod int, notnull boolean, generated "char")
+RETURNS TABLE (num int2, type oid, typmod int, notnull boolean, generated "char", type_name text)
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$

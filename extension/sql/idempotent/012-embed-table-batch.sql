@@ -106,9 +106,9 @@ COMMENT ON FUNCTION pgvision._embed_table_progress(regclass, name, int, bigint, 
 -- key of the batch, or NULL when there is nothing left (and marks the run finished).
 -- The UPDATE of the user's table runs with the caller's search_path, so the table's own
 -- triggers work as they do for the caller's UPDATEs; the statement itself names every
--- relation, type, function and operator with its schema (pgvision._type_name, _rel_name,
--- _key_operators), so that nothing the caller's search_path finds first (a public.= on
--- varchar, a public.text domain) runs in it.
+-- relation, type, function and operator with its schema (pgvision._rel_name,
+-- pgvision._column's type_name, _key_operators), so that nothing the caller's search_path
+-- finds first (a public.= on varchar, a public.text domain) runs in it.
 CREATE OR REPLACE FUNCTION pgvision._embed_table_batch(rel regclass, image_col name, feature_col name,
                                                        model_name text, nrows int, key_col name,
                                                        retry boolean, after_key text,
@@ -119,8 +119,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     _rel text := pgvision._rel_name(rel);
-    _keytype text := (SELECT pgvision._type_name(c.type) FROM pgvision._column(rel, key_col) c);
-    _feattype text := (SELECT pgvision._type_name(c.type) FROM pgvision._column(rel, feature_col) c);
+    _keytype text := (SELECT c.type_name FROM pgvision._column(rel, key_col) c);
+    _feattype text := (SELECT c.type_name FROM pgvision._column(rel, feature_col) c);
     _ops record := pgvision._key_operators(rel, key_col);
     _keys text[];
     _images bytea[];
