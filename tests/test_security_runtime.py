@@ -489,3 +489,13 @@ def test_model_names_are_names_not_paths(curator, name):
     with pytest.raises(psycopg.Error) as info:
         curator.execute("SELECT pgvision.register_model(%s, %s, %s)", [name, tiny_model(), json.dumps(TINY_SPEC)])
     assert info.value.sqlstate == "22023", str(info.value)
+
+
+@pytest.mark.parametrize("sql, sqlstate", [
+    ("INSERT INTO pgvision.shards (server) VALUES ('no_such_server')", "42704"),
+    ("UPDATE pgvision.shards SET added = now()", "42501"),
+])
+def test_pgvision_admin_writes_the_shard_registry_only_through_its_checks(curator, sql, sqlstate):
+    with pytest.raises(psycopg.Error) as info:
+        curator.execute(sql)
+    assert info.value.sqlstate == sqlstate, str(info.value)

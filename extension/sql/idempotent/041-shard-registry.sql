@@ -54,6 +54,40 @@ $$;
 COMMENT ON FUNCTION pgvision._shard_option_fixes(name) IS
 'internal: the ALTER SERVER ... OPTIONS clauses a shard''s foreign server lacks (extensions vector and pgvision, async_capable, parallel_commit, fdw_tuple_cost, hnsw.iterative_scan in options)';
 
+-- Every row of pgvision.shards names a postgres_fdw server, however it was written (add_shard,
+-- a raw INSERT by a member of pgvision_admin, the COPY of a restore); rows never change.
+CREATE OR REPLACE FUNCTION pgvision._shards_write()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _fdw name;
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        RAISE EXCEPTION 'cannot change a row of pgvision.shards' USING ERRCODE = 'feature_not_supported',
+            HINT = 'pgvision.drop_shard and pgvision.add_shard replace one';
+    END IF;
+    SELECT w.fdwname INTO _fdw
+    FROM pg_catalog.pg_foreign_server s JOIN pg_catalog.pg_foreign_data_wrapper w ON w.oid = s.srvfdw
+    WHERE s.srvname = NEW.server;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'server "%" does not exist', NEW.server USING ERRCODE = 'undefined_object';
+    ELSIF _fdw <> 'postgres_fdw' THEN
+        RAISE EXCEPTION 'foreign server "%" uses %, not postgres_fdw', NEW.server, _fdw
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION pgvision._shards_write() IS
+'internal: trigger of pgvision.shards; a row names an existing postgres_fdw server and never changes';
+
+CREATE OR REPLACE TRIGGER shards_write BEFORE INSERT OR UPDATE ON pgvision.shards
+FOR EACH ROW EXECUTE FUNCTION pgvision._shards_write();
+COMMENT ON TRIGGER shards_write ON pgvision.shards IS
+'a shard is an existing postgres_fdw server; rows never change';
+
 CREATE OR REPLACE FUNCTION pgvision.add_shard(server name)
 RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
