@@ -15,6 +15,7 @@ import re
 import warnings
 
 from PIL import Image, UnidentifiedImageError
+import psycopg
 from psycopg import sql
 from tqdm import tqdm
 
@@ -123,7 +124,10 @@ def ensure_table(conn, table, model):
     """Create the table when missing; check an existing one has the columns `load` writes."""
     db.require_pgvision(conn)
     oid = db.table_oid(conn, table)
-    model = db.pick_model(conn, oid, model)
+    recorded = _recorded_model(conn, oid)
+    if model and recorded and model != recorded:
+        raise UserError(f"the features of this table are from model {recorded!r}, not {model!r}")
+    model = db.pick_model(conn, oid, model or recorded)
     dim = db.model_dim(conn, model)
     t = db.table_ident(table)
     if oid is None:
@@ -136,6 +140,7 @@ def ensure_table(conn, table, model):
             i=sql.Identifier(f"{name}_sha256_idx"), t=t))
         conn.execute(sql.SQL("COMMENT ON COLUMN {c} IS {m}").format(
             c=sql.Identifier(*table.split("."), "feature"), m=sql.Literal(db.MODEL_COMMENT + model)))
+        _record_model(conn, db.table_oid(conn, table), model)
         conn.commit()
         return model
     cols = db.columns(conn, oid)
@@ -147,7 +152,34 @@ def ensure_table(conn, table, model):
     expected = f"vector({dim})"
     if cols["feature"] != expected:
         raise UserError(f"{table}.feature is {cols['feature']}, but model {model!r} needs {expected}")
+    _record_model(conn, oid, model)
+    conn.commit()
     return model
+
+
+def _has_column_models(conn):
+    """Whether the server records feature columns' models (pgvision 0.2.0 and later)."""
+    return conn.execute("SELECT to_regprocedure('pgvision.set_column_model(regclass, name, text)')"
+                        " IS NOT NULL").fetchone()[0]
+
+
+def _recorded_model(conn, oid):
+    """The model the server recorded for the table's feature column, or None."""
+    if oid is None or not _has_column_models(conn):
+        return None
+    return conn.execute("SELECT pgvision.column_model(%s::oid::regclass, 'feature')", [oid]).fetchone()[0]
+
+
+def _record_model(conn, oid, model):
+    """Record the model on the server, as embed_table does (pgvision.set_column_model), so that
+    searches embed with it even when `load --no-embed` leaves the features to later."""
+    if not _has_column_models(conn):
+        return
+    try:
+        conn.execute("SELECT pgvision.set_column_model(%s::oid::regclass, 'feature', %s)", [oid, model])
+    except psycopg.errors.InvalidParameterValue as e:
+        conn.rollback()
+        raise UserError(str(e).strip()) from None
 
 
 # -- loading ------------------------------------------------------------------------------

@@ -136,6 +136,8 @@ BEGIN
         RAISE EXCEPTION 'permission denied for table %', rel USING ERRCODE = 'insufficient_privilege',
             HINT = pg_catalog.format('embed_table needs UPDATE on column %I', feature_col);
     END IF;
+    -- the column records its model; another model is refused while it holds features
+    PERFORM pgvision.set_column_model(rel, feature_col, model_name);
     IF retry THEN
         DELETE FROM pgvision.backfill_errors e WHERE e.tbl = rel AND e.feature_column = feature_col;
     END IF;
@@ -188,7 +190,7 @@ COMMENT ON FUNCTION pgvision._transaction_context() IS
 -- schema-qualified functions with arguments of their exact types; the work is done by
 -- pgvision._embed_table_start and _embed_table_batch, which pin search_path.
 CREATE OR REPLACE PROCEDURE pgvision.embed_table(tbl regclass, image_column name, feature_column name,
-                                                 model text DEFAULT 'efficientnet_lite0',
+                                                 model text DEFAULT '',
                                                  batch_size int DEFAULT 64,
                                                  key_column name DEFAULT NULL,
                                                  retry_errors boolean DEFAULT false)
@@ -198,6 +200,7 @@ DECLARE
     _key pg_catalog.name;
     _after pg_catalog.text;
     _cannot pg_catalog.text := pgvision._transaction_context();
+    _model pg_catalog.text := model;
 BEGIN
     -- COMMIT would refuse only after the first batch's work; say so before any.
     IF _cannot IS NOT NULL THEN
@@ -206,11 +209,15 @@ BEGIN
             DETAIL = 'it commits after every batch',
             HINT = 'CALL it on its own, in autocommit mode; from JDBC, send CALL pgvision.embed_table(...) as a plain statement, or use {call ...} with the connection option escapeSyntaxCallMode=callIfNoReturn';
     END IF;
-    _key := pgvision._embed_table_start(tbl, image_column, feature_column, model, batch_size,
+    -- left out (''): the column's recorded model, else the default one
+    IF _model OPERATOR(pg_catalog.=) '' THEN
+        _model := COALESCE(pgvision.column_model(tbl, feature_column), pgvision._default_model());
+    END IF;
+    _key := pgvision._embed_table_start(tbl, image_column, feature_column, _model, batch_size,
                                         key_column, retry_errors);
     COMMIT;
     LOOP
-        _after := pgvision._embed_table_batch(tbl, image_column, feature_column, model, batch_size,
+        _after := pgvision._embed_table_batch(tbl, image_column, feature_column, _model, batch_size,
                                               _key, retry_errors, _after,
                                               pg_catalog.current_setting('search_path'));
         COMMIT;
@@ -219,4 +226,4 @@ BEGIN
 END
 $$;
 COMMENT ON PROCEDURE pgvision.embed_table(regclass, name, name, text, int, name, boolean) IS
-'fills the NULL features of a table from its images, batch_size rows per batch, committing after each batch (the model takes them pgvision.batch_size images at a time); progress in pgvision.backfill_progress, bad images in pgvision.backfill_errors; CALL it outside a transaction block; can be interrupted and run again';
+'fills the NULL features of a table from its images with model (left out: the feature column''s recorded model, else efficientnet_lite0) and records the model (pgvision.set_column_model; another model is refused while the column holds features), batch_size rows per batch, committing after each batch (the model takes them pgvision.batch_size images at a time); progress in pgvision.backfill_progress, bad images in pgvision.backfill_errors; CALL it outside a transaction block; can be interrupted and run again';

@@ -20,14 +20,18 @@ COMMENT ON FUNCTION pgvision._auto_embed() IS
 'internal: trigger function of pgvision.enable_auto_embed; sets the feature column (TG_ARGV[1]) to pgvision.embed of the image column (TG_ARGV[0]) with the model TG_ARGV[2]';
 
 CREATE OR REPLACE FUNCTION pgvision.enable_auto_embed(tbl regclass, image_column name, feature_column name,
-                                                      model text DEFAULT 'efficientnet_lite0')
+                                                      model text DEFAULT '')
 RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM pgvision._check_owner(tbl);
+    IF model = '' THEN  -- left out: the column's recorded model, else the default one
+        model := coalesce(pgvision.column_model(tbl, feature_column), pgvision._default_model());
+    END IF;
     PERFORM pgvision._embed_columns(tbl, image_column, feature_column, model);
+    PERFORM pgvision.set_column_model(tbl, feature_column, model);
     EXECUTE pg_catalog.format(
         'CREATE OR REPLACE TRIGGER pgvision_auto_embed BEFORE INSERT OR UPDATE OF %I ON %s'
         ' FOR EACH ROW EXECUTE FUNCTION pgvision._auto_embed(%L, %L, %L)',
@@ -35,7 +39,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision.enable_auto_embed(regclass, name, name, text) IS
-'creates the trigger pgvision_auto_embed, which sets the feature column to pgvision.embed of the image column on INSERT and on UPDATE of the image column (NULL image, NULL feature); replaces an earlier one; for the table''s owner';
+'creates the trigger pgvision_auto_embed, which sets the feature column to pgvision.embed of the image column with model (left out: the column''s recorded model, else efficientnet_lite0; recorded with pgvision.set_column_model) on INSERT and on UPDATE of the image column (NULL image, NULL feature); replaces an earlier one; for the table''s owner';
 
 CREATE OR REPLACE FUNCTION pgvision.disable_auto_embed(tbl regclass)
 RETURNS void

@@ -16,7 +16,7 @@ BEGIN
     END IF;
     IF model IS NULL THEN
         RAISE EXCEPTION 'model must not be null' USING ERRCODE = 'null_value_not_allowed',
-            HINT = 'leave it out for the default model, efficientnet_lite0';
+            HINT = 'leave it out for the feature column''s recorded model (pgvision.column_model), else efficientnet_lite0';
     END IF;
     IF missing THEN
         RAISE EXCEPTION '%', message USING ERRCODE = 'null_value_not_allowed';
@@ -28,7 +28,7 @@ COMMENT ON FUNCTION pgvision._search_needs(regclass, text, boolean, text) IS
 
 CREATE OR REPLACE FUNCTION pgvision.search(
     tbl regclass, query bytea, k int DEFAULT 10, feature_column name DEFAULT 'feature',
-    metric text DEFAULT NULL, filter text DEFAULT NULL, model text DEFAULT 'efficientnet_lite0',
+    metric text DEFAULT NULL, filter text DEFAULT NULL, model text DEFAULT '',
     group_by name DEFAULT NULL, max_distance double precision DEFAULT NULL,
     min_similarity double precision DEFAULT NULL, expand int DEFAULT 0)
 RETURNS TABLE (query_no int, rank int, id text, distance double precision, similarity double precision, item jsonb)
@@ -38,16 +38,16 @@ AS $$
 BEGIN
     PERFORM pgvision._search_needs(tbl, model, query IS NULL, 'query image must not be null');
     RETURN QUERY
-    SELECT * FROM pgvision._search(tbl, ARRAY[pgvision.embed(query, model)::text], k, feature_column, metric,
+    SELECT * FROM pgvision._search(tbl, ARRAY[pgvision.embed(query, pgvision._query_model(tbl, feature_column, model))::text], k, feature_column, metric,
                                    filter, group_by, max_distance, min_similarity, expand, NULL);
 END
 $$;
 COMMENT ON FUNCTION pgvision.search(regclass, bytea, int, name, text, text, text, name, double precision, double precision, int) IS
-'the k rows of a table whose feature is nearest to an image''s, nearest first: query_no (1), rank, id (the primary key as text), distance (l2: <->, cosine: <=>, ip: <#>, the negative inner product), similarity (cosine: 1 - distance, ip: the inner product, l2: null), item (the row as jsonb without vector and bytea columns). metric defaults to the one the column''s pgvector index was built for (pgvision.create_index builds cosine ones), cosine when it has none. filter is a SQL condition on the table''s columns, run as the caller with search_path = pg_catalog, pg_temp (qualify your own functions); iterative index scans return k rows when k rows match it. group_by keeps the best row per value of a column; max_distance and min_similarity (cosine, ip) drop farther rows; expand => n searches again with a query made half of the original and half of the mean of its n nearest rows';
+'the k rows of a table whose feature is nearest to an image''s, nearest first: query_no (1), rank, id (the primary key as text), distance (l2: <->, cosine: <=>, ip: <#>, the negative inner product), similarity (cosine: 1 - distance, ip: the inner product, l2: null), item (the row as jsonb without vector and bytea columns). The query is embedded with model, left out: the feature column''s recorded model (pgvision.column_model), else efficientnet_lite0; another model than the recorded one is refused. metric defaults to the one the column''s pgvector index was built for (pgvision.create_index builds cosine ones), cosine when it has none. filter is a SQL condition on the table''s columns, run as the caller with search_path = pg_catalog, pg_temp (qualify your own functions); iterative index scans return k rows when k rows match it. group_by keeps the best row per value of a column; max_distance and min_similarity (cosine, ip) drop farther rows; expand => n searches again with a query made half of the original and half of the mean of its n nearest rows';
 
 CREATE OR REPLACE FUNCTION pgvision.search_batch(
     tbl regclass, queries bytea[], k int DEFAULT 10, feature_column name DEFAULT 'feature',
-    metric text DEFAULT NULL, filter text DEFAULT NULL, model text DEFAULT 'efficientnet_lite0',
+    metric text DEFAULT NULL, filter text DEFAULT NULL, model text DEFAULT '',
     group_by name DEFAULT NULL, max_distance double precision DEFAULT NULL,
     min_similarity double precision DEFAULT NULL, expand int DEFAULT 0)
 RETURNS TABLE (query_no int, rank int, id text, distance double precision, similarity double precision, item jsonb)
@@ -61,12 +61,12 @@ BEGIN
             USING ERRCODE = 'program_limit_exceeded', HINT = 'split the queries into several calls';
     END IF;
     RETURN QUERY
-    SELECT * FROM pgvision._search(tbl, pgvision.embed_batch(queries, model)::text[], k, feature_column, metric,
+    SELECT * FROM pgvision._search(tbl, pgvision.embed_batch(queries, pgvision._query_model(tbl, feature_column, model))::text[], k, feature_column, metric,
                                    filter, group_by, max_distance, min_similarity, expand, NULL);
 END
 $$;
 COMMENT ON FUNCTION pgvision.search_batch(regclass, bytea[], int, name, text, text, text, name, double precision, double precision, int) IS
-'pgvision.search for up to 100 query images in one call (embedded with embed_batch); query_no is the position of the query in the array; a NULL image gives no rows';
+'pgvision.search for up to 100 query images in one call (embedded with embed_batch, with the model as search chooses it); query_no is the position of the query in the array; a NULL image gives no rows';
 
 CREATE OR REPLACE FUNCTION pgvision.search_like(
     tbl regclass, key text, k int DEFAULT 10, feature_column name DEFAULT 'feature',
@@ -128,3 +128,21 @@ AS $$
 $$;
 COMMENT ON FUNCTION pgvision.search_like(regclass, anyelement, int, name, text, text, name, double precision, double precision, int) IS
 'pgvision.search_like with a key of any type (compared with the primary key after a cast through text)';
+
+-- The query vector of an image for a feature column, embedded with the column's model: for
+-- the plain SQL form, ORDER BY feature <=> pgvision.query_vector('images', 'feature', $1).
+CREATE OR REPLACE FUNCTION pgvision.query_vector(tbl regclass, feature_column name, image bytea)
+RETURNS vector
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE COST 100000
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF tbl IS NULL OR feature_column IS NULL THEN
+        RAISE EXCEPTION 'tbl and feature_column must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM pgvision._vector_column(tbl, feature_column);
+    RETURN pgvision.embed(image, pgvision._query_model(tbl, feature_column, NULL));
+END
+$$;
+COMMENT ON FUNCTION pgvision.query_vector(regclass, name, bytea) IS
+'pgvision.embed of an image with the model recorded for a feature column (pgvision.column_model), else efficientnet_lite0: the query vector for ORDER BY feature <=> pgvision.query_vector(''images'', ''feature'', $1); NULL for a NULL image';

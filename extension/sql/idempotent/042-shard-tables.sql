@@ -189,6 +189,9 @@ DECLARE
     _part text;
     _done name[] := '{}';
 BEGIN
+    IF auto_embed THEN  -- the shards embed with model: the column records it
+        PERFORM pgvision.set_column_model(tbl, feature_column, model);
+    END IF;
     BEGIN
         FOR i IN 1 .. _n LOOP
             _srv := _t.servers[i];
@@ -227,4 +230,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision.create_sharded_table(regclass, name[], name, name, text, boolean, text, int, int) IS
-'places an empty table created with PARTITION BY HASH (key) on shards (default: all of pgvision.shards): on each, a table with the same columns and a primary key on the key, an HNSW index on feature_column (metric l2, cosine or ip, by default cosine; NULL for none) and, when auto_embed, the trigger that embeds image_column with model where the row is stored; here, one foreign partition per shard. Returns each shard, its partition and the table on the shard. For the table''s owner, with USAGE on the servers and a user mapping';
+'places an empty table created with PARTITION BY HASH (key) on shards (default: all of pgvision.shards): on each, a table with the same columns and a primary key on the key, an HNSW index on feature_column (metric l2, cosine or ip, by default cosine; NULL for none) and, when auto_embed, the trigger that embeds image_column with model where the row is stored (the model then recorded for feature_column, pgvision.set_column_model); here, one foreign partition per shard. Returns each shard, its partition and the table on the shard. For the table''s owner, with USAGE on the servers and a user mapping';

@@ -83,6 +83,7 @@ BEGIN
             HINT = 'CALL pgvision.embed_table backfills a table of this server; pgvision.create_sharded_table places one on shards';
     END IF;
     PERFORM pgvision._embed_columns(tbl, image_column, feature_column, model);
+    PERFORM pgvision.set_column_model(tbl, feature_column, model);
     SELECT pg_catalog.array_agg(st.server ORDER BY st.server), pg_catalog.array_agg(st.remote_table ORDER BY st.server)
     INTO _servers, _remotes FROM pgvision._shard_tables(tbl) st;
     _n := pg_catalog.cardinality(_servers);
@@ -133,7 +134,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision.embed_shards(regclass, name, name, text, int, boolean) IS
-'fills the NULL features of a sharded table on all its shards at once: CALL pgvision.embed_table on each (batch by batch, committing each batch there), returning per shard the rows embedded, rows that failed (see pgvision.backfill_errors on the shard), rows without image and seconds; if a shard fails, the others finish and an error names it; run it again to continue';
+'fills the NULL features of a sharded table with model, recorded for the feature column (pgvision.set_column_model), on all its shards at once: CALL pgvision.embed_table on each (batch by batch, committing each batch there), returning per shard the rows embedded, rows that failed (see pgvision.backfill_errors on the shard), rows without image and seconds; if a shard fails, the others finish and an error names it; run it again to continue';
 
 CREATE OR REPLACE FUNCTION pgvision.shard_backfill_progress(tbl regclass)
 RETURNS TABLE (shard name, feature_column name, rows_done bigint, rows_left bigint, errors bigint,

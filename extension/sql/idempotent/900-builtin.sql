@@ -10,6 +10,9 @@ ON CONFLICT (name) DO NOTHING;
 GRANT USAGE ON SCHEMA pgvision TO PUBLIC;
 GRANT SELECT ON pgvision.models, pgvision.pipelines TO PUBLIC;
 GRANT INSERT, DELETE ON pgvision.models, pgvision.pipelines TO pgvision_admin;
+-- Feature columns' models: open to all, narrowed by row-level security to the tables a role
+-- can read and the columns it may update (incremental/005-feature-models.sql).
+GRANT SELECT, INSERT, UPDATE, DELETE ON pgvision.feature_models TO PUBLIC;
 
 REVOKE ALL ON FUNCTION pgvision.register_model(text, bytea, jsonb, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgvision.drop_model(text) FROM PUBLIC;
