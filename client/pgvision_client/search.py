@@ -29,13 +29,15 @@ def search(conn, table, image, k=10, metric=None, where=None, model=None):
     missing = [c for c in ("id", "feature") if c not in cols]
     if missing:
         raise UserError(f"table {table} has no column(s) {', '.join(missing)}: search needs id and feature")
-    model = db.pick_model(conn, oid, model)
+    # --model, or the model an older client named in the column's comment; else the server
+    # embeds with the model it recorded for the column
+    model = model or db.table_model(conn, oid)
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             "SELECT s.id, s.item ->> 'path' AS path, s.item ->> 'class' AS class, s.distance"
             " FROM pgvision.search(%(t)s::oid::regclass, %(image)s::bytea, k => %(k)s::int,"
-            "                      metric => %(metric)s::text, filter => %(where)s::text,"
-            "                      model => %(model)s::text) AS s"
+            "                      metric => %(metric)s::text, filter => %(where)s::text"
+            + (", model => %(model)s::text" if model else "") + ") AS s"
             " ORDER BY s.rank",
             {"t": oid, "image": image, "k": k, "metric": metric, "where": where, "model": model}).fetchall()
     conn.commit()
