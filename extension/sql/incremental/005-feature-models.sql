@@ -3,7 +3,7 @@
 -- their queries with it. One row per (table, column). tbl is a regclass, so it follows
 -- ALTER TABLE RENAME and SET SCHEMA, and pg_dump writes it as a name; the column is kept by
 -- name, which a dump keeps, with its number alongside, which a RENAME COLUMN keeps (the
--- trigger on this table and the event trigger in idempotent/000-common.sql keep the two in
+-- trigger on this table and the event trigger in idempotent/005-feature-models.sql keep the two in
 -- step). Row-level security as for the backfill bookkeeping (004-backfill-security.sql):
 -- a role sees the rows of the tables it can read and writes those of the columns it may
 -- update; the column is checked by number, which never raises for a column that is gone.
