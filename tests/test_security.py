@@ -70,7 +70,7 @@ def extension_functions(conn):
 SECURITY_DEFINER = {
     # deletes the backfill rows of a dropped table or column, which row-level security hides
     # from the role that dropped it (the policies ask about privileges on a table now gone)
-    "pgvision._drop_backfill_rows()",
+    "pgvision._forget_dropped()",
 }
 
 

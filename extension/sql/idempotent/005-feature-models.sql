@@ -174,44 +174,13 @@ $$;
 COMMENT ON FUNCTION pgvision._rename_feature_models() IS
 'internal: ddl_command_end event trigger function; renames the feature_models rows of renamed columns';
 
--- A record goes with its table or column: a later table may get the dropped one's OID.
-CREATE OR REPLACE FUNCTION pgvision._drop_feature_models()
-RETURNS event_trigger
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    _tables oid[];
-BEGIN
-    SELECT pg_catalog.array_agg(DISTINCT d.objid) INTO _tables
-    FROM pg_catalog.pg_event_trigger_dropped_objects() d
-    WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-      AND d.object_type IN ('table', 'table column');
-    IF _tables IS NULL OR pg_catalog.to_regclass('pgvision.feature_models') IS NULL THEN
-        RETURN;
-    END IF;
-    DELETE FROM pgvision.feature_models f
-    WHERE f.tbl::oid = ANY (_tables)
-      AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
-                      WHERE a.attrelid = f.tbl AND a.attnum = f.attnum AND NOT a.attisdropped);
-END
-$$;
-COMMENT ON FUNCTION pgvision._drop_feature_models() IS
-'internal: sql_drop event trigger function; deletes the feature_models rows of dropped tables and columns';
-
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger t WHERE t.evtname = 'pgvision_rename_feature_models') THEN
         CREATE EVENT TRIGGER pgvision_rename_feature_models ON ddl_command_end
             WHEN TAG IN ('ALTER TABLE') EXECUTE FUNCTION pgvision._rename_feature_models();
     END IF;
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger t WHERE t.evtname = 'pgvision_drop_feature_models') THEN
-        CREATE EVENT TRIGGER pgvision_drop_feature_models ON sql_drop
-            EXECUTE FUNCTION pgvision._drop_feature_models();
-    END IF;
 END
 $$;
 COMMENT ON EVENT TRIGGER pgvision_rename_feature_models IS
 'keeps pgvision.feature_models right when a feature column is renamed';
-COMMENT ON EVENT TRIGGER pgvision_drop_feature_models IS
-'deletes the pgvision.feature_models rows of dropped tables and feature columns';

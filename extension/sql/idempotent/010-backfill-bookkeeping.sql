@@ -44,13 +44,14 @@ COMMENT ON POLICY backfill_errors_write ON pgvision.backfill_errors IS
 -- (SELECT) or update (writes).
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgvision.backfill_progress, pgvision.backfill_errors TO PUBLIC;
 
--- The bookkeeping of a table goes with it: a table created later may get the dropped one's
--- OID and would otherwise inherit its progress and, worse, its error rows, which make
--- embed_table skip rows. Dropping a feature column takes its rows too. SECURITY DEFINER
--- because row-level security hides a dropped table's rows from everyone but the owner of
--- the bookkeeping tables (the policies ask about privileges on an OID that no longer
--- exists); the function does nothing but delete the rows of the objects just dropped.
-CREATE OR REPLACE FUNCTION pgvision._drop_backfill_rows()
+-- What pgvision keeps about a table goes with it: a table created later may get the dropped
+-- one's OID and would otherwise inherit its progress, its error rows (which make embed_table
+-- skip rows) and its columns' models (005-feature-models.sql). Dropping a feature column
+-- takes its rows too. SECURITY DEFINER because row-level security hides a dropped table's
+-- rows from everyone but the owner of these tables (the policies ask about privileges on an
+-- OID that no longer exists); the function does nothing but delete the rows of the objects
+-- just dropped.
+CREATE OR REPLACE FUNCTION pgvision._forget_dropped()
 RETURNS event_trigger
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -64,7 +65,8 @@ BEGIN
       AND d.object_type IN ('table', 'table column', 'foreign table', 'foreign table column');
     -- nothing of interest, or pgvision itself is being dropped
     IF _tables IS NULL OR pg_catalog.to_regclass('pgvision.backfill_progress') IS NULL
-       OR pg_catalog.to_regclass('pgvision.backfill_errors') IS NULL THEN
+       OR pg_catalog.to_regclass('pgvision.backfill_errors') IS NULL
+       OR pg_catalog.to_regclass('pgvision.feature_models') IS NULL THEN
         RETURN;
     END IF;
     -- A row goes when its table is gone or its feature column no longer exists.
@@ -72,20 +74,25 @@ BEGIN
     WHERE p.tbl::oid = ANY (_tables) AND NOT EXISTS (SELECT FROM pgvision._column(p.tbl, p.feature_column));
     DELETE FROM pgvision.backfill_errors e
     WHERE e.tbl::oid = ANY (_tables) AND NOT EXISTS (SELECT FROM pgvision._column(e.tbl, e.feature_column));
+    -- a model's record follows its column by number (a rename keeps it)
+    DELETE FROM pgvision.feature_models f
+    WHERE f.tbl::oid = ANY (_tables)
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = f.tbl AND a.attnum = f.attnum AND NOT a.attisdropped);
 END
 $$;
-COMMENT ON FUNCTION pgvision._drop_backfill_rows() IS
-'internal: sql_drop event trigger function; deletes the backfill_progress and backfill_errors rows of dropped tables and dropped feature columns';
-REVOKE ALL ON FUNCTION pgvision._drop_backfill_rows() FROM PUBLIC;
+COMMENT ON FUNCTION pgvision._forget_dropped() IS
+'internal: sql_drop event trigger function; deletes the backfill_progress, backfill_errors and feature_models rows of dropped tables and dropped feature columns';
+REVOKE ALL ON FUNCTION pgvision._forget_dropped() FROM PUBLIC;
 
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger t WHERE t.evtname = 'pgvision_drop_backfill_rows') THEN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger t WHERE t.evtname = 'pgvision_forget_dropped') THEN
         -- every command: tables and columns also go with DROP SCHEMA, TYPE, OWNED ... CASCADE
-        CREATE EVENT TRIGGER pgvision_drop_backfill_rows ON sql_drop
-            EXECUTE FUNCTION pgvision._drop_backfill_rows();
+        CREATE EVENT TRIGGER pgvision_forget_dropped ON sql_drop
+            EXECUTE FUNCTION pgvision._forget_dropped();
     END IF;
 END
 $$;
-COMMENT ON EVENT TRIGGER pgvision_drop_backfill_rows IS
-'deletes the pgvision.embed_table bookkeeping of dropped tables and feature columns';
+COMMENT ON EVENT TRIGGER pgvision_forget_dropped IS
+'deletes the embed_table bookkeeping and the recorded models of dropped tables and feature columns';

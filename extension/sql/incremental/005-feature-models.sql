@@ -19,20 +19,13 @@ CREATE TABLE pgvision.feature_models (
 
 ALTER TABLE pgvision.feature_models ENABLE ROW LEVEL SECURITY;
 
--- The rows of a dropped table or column stay visible and deletable to the role that drops
--- them, so that the sql_drop event trigger, which runs as that role, deletes them: asked
--- about privileges on what is gone, the policies would hide them.
+-- The rows of dropped tables and columns are deleted by pgvision._forget_dropped (the
+-- sql_drop event trigger of idempotent/010-backfill-bookkeeping.sql), as the extension's owner.
 CREATE POLICY feature_models_read ON pgvision.feature_models FOR SELECT
-    USING (pg_catalog.has_table_privilege(tbl, 'SELECT')
-           OR NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
-                          WHERE a.attrelid = feature_models.tbl AND a.attnum = feature_models.attnum
-                            AND NOT a.attisdropped));
+    USING (pg_catalog.has_table_privilege(tbl, 'SELECT'));
 CREATE POLICY feature_models_write ON pgvision.feature_models FOR ALL
-    USING ((pg_catalog.has_table_privilege(tbl, 'SELECT')
-            AND pg_catalog.has_column_privilege(tbl, attnum, 'UPDATE'))
-           OR NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
-                          WHERE a.attrelid = feature_models.tbl AND a.attnum = feature_models.attnum
-                            AND NOT a.attisdropped))
+    USING (pg_catalog.has_table_privilege(tbl, 'SELECT')
+           AND pg_catalog.has_column_privilege(tbl, attnum, 'UPDATE'))
     WITH CHECK (pg_catalog.has_table_privilege(tbl, 'SELECT')
                 AND pg_catalog.has_column_privilege(tbl, attnum, 'UPDATE'));
 
