@@ -18,20 +18,10 @@ from onnx import TensorProto, helper
 from conftest import APP_ROLE, dsn
 from data import photo
 from test_registry import TINY_SPEC, tiny_model
+from test_security import curator  # noqa: F401  (the pgvision_admin member fixture)
 
 DOG = photo("dog")
-CURATOR = "curator"
 PYDIR = "python%d.%d" % sys.version_info[:2]
-
-
-@pytest.fixture
-def curator(server, admin):
-    """An ordinary login role that is a member of pgvision_admin."""
-    if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [CURATOR]).fetchone():
-        admin.execute(f"CREATE ROLE {CURATOR} LOGIN")
-    admin.execute(f"GRANT pgvision_admin TO {CURATOR}")
-    with psycopg.connect(dsn(server, user=CURATOR), autocommit=True) as c:
-        yield c
 
 
 def runtime_path(c):
