@@ -40,11 +40,15 @@ dev: deps $(VERSION_PY)
 	bash scripts/venv.sh $(DEV_VENV) --no-deps -e ./python_udf
 	bash scripts/venv.sh $(DEV_VENV) --no-deps -e ./client
 
-# the default model, built from the published weights with numpy + onnx
+# the default model, built from the published weights with numpy + onnx, and its 8-bit
+# version, quantized with onnxruntime on photos from Debian's packages
 model: dev
 	$(DEV_VENV)/bin/python models/build.py --out $(MODEL_DIR)
 	install -m 644 $(MODEL_DIR)/efficientnet_lite0.onnx $(MODEL_DIR)/efficientnet_lite0.json $(RUNTIME_PATH)/models/
 	install -m 644 $(MODEL_DIR)/imagenet_classes.txt $(RUNTIME_PATH)/models/efficientnet_lite0.labels.txt
+	$(DEV_VENV)/bin/python models/quantize.py --model-dir $(MODEL_DIR)
+	install -m 644 $(MODEL_DIR)/efficientnet_lite0_int8.onnx $(MODEL_DIR)/efficientnet_lite0_int8.json $(RUNTIME_PATH)/models/
+	install -m 644 $(MODEL_DIR)/imagenet_classes.txt $(RUNTIME_PATH)/models/efficientnet_lite0_int8.labels.txt
 
 install: deps runtime extension model
 

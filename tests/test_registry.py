@@ -37,7 +37,7 @@ def register(conn, name, model, spec=TINY_SPEC, labels=None):
 
 def test_default_model_is_registered_by_create_extension(conn):
     name, dim, builtin, spec, sha = conn.execute(
-        "SELECT name, dim, builtin, spec, sha256 FROM pgvision.models").fetchone()
+        "SELECT name, dim, builtin, spec, sha256 FROM pgvision.models ORDER BY name").fetchone()
     assert (name, dim, builtin) == ("efficientnet_lite0", 1280, True)
     assert spec["size"] == [224, 224] and spec["outputs"]["feature"] == "feature"
     onnx_bytes = conn.execute("SELECT onnx FROM pgvision.models WHERE name = %s", [name]).fetchone()[0]

@@ -256,7 +256,8 @@ def test_user_models_tables_and_triggers_survive_the_update(server, updated):
     dbname, _ = updated
     with connect(server, dbname) as c:
         models = c.execute("SELECT name, builtin FROM pgvision.models ORDER BY name").fetchall()
-        assert models == [("efficientnet_lite0", True), ("upg_tiny", False)]
+        assert models == [("efficientnet_lite0", True), ("efficientnet_lite0_int8", True),
+                          ("upg_tiny", False)]
         assert c.execute("SELECT model, options ->> 'normalize' FROM pgvision.pipelines WHERE name = 'upg_tiny_pipe'"
                          ).fetchone() == ("upg_tiny", "true")
         assert c.execute("SELECT count(*) FROM pgvision.pipelines WHERE builtin").fetchone()[0] == 1

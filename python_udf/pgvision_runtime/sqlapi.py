@@ -451,6 +451,58 @@ def install_builtin(plpy, GD, runtime_dir):
     return names
 
 
+# --- 8-bit models -------------------------------------------------------------------------
+
+@sql_errors
+def quantize_model(plpy, GD, source, name, calibration):
+    """Register ``name``: ``source`` quantized to 8 bits, calibrated on the images that the
+    query ``calibration`` returns in its first column. The query runs as the caller; an
+    image that does not decode is skipped with a WARNING naming its row."""
+    from . import quantize
+
+    _check_name(name, "model")
+    if _model_exists(plpy, GD, name):
+        raise PgvisionError(f'model "{name}" already exists', DUPLICATE_OBJECT,
+                            hint="a model never changes under its name: choose a new name")
+    st = state(plpy, GD)
+    rows = plpy.execute(st.lookup, [source])
+    if not rows:
+        raise _no_such_model(source)
+    m, conf = model(plpy, GD, source)
+    registered = Registered(plpy, st.onnx, source, rows[0], conf["pgvision.max_model_bytes"])
+    check = interrupt_check(plpy, GD)
+    arrays, row_no = [], 0
+    try:
+        cursor = plpy.cursor(calibration)
+    except plpy.SPIError as e:
+        raise _passed_on(e) from None
+    while len(arrays) < quantize.MAX_CALIBRATION_IMAGES:
+        try:
+            batch = cursor.fetch(16)
+        except plpy.SPIError as e:
+            raise _passed_on(e) from None
+        if not batch:
+            break
+        for row in batch:
+            row_no += 1
+            data = next(iter(row.values()), None) if row else None
+            if not isinstance(data, (bytes, bytearray)):
+                raise PgvisionError("the calibration query must return image bytes (bytea) "
+                                    "in its first column", INVALID_PARAMETER_VALUE,
+                                    hint="e.g. 'SELECT image FROM my_images ORDER BY random() LIMIT 64'")
+            try:
+                arrays.append(m.prepare(data, _limits(conf), check))
+            except (errors.ImageError, errors.LimitError) as e:
+                plpy.warning(f"pgvision.quantize_model: calibration row {row_no} skipped: {e.message}")
+            if len(arrays) >= quantize.MAX_CALIBRATION_IMAGES:
+                break
+    cursor.close()
+    spec = registered.spec()
+    data = quantize.quantize(registered.onnx(), spec, arrays)
+    labels = plpy.execute(st.labels, [source])[0]["labels"]
+    return register_model(plpy, GD, name, data, json.dumps(spec), labels)
+
+
 # --- AnalyticDB-style pipelines ----------------------------------------------------------
 
 PIPELINE_OPTIONS = {"output": ("feature", "logits"), "normalize": (True, False)}

@@ -1,0 +1,66 @@
+"""8-bit models: static QDQ quantization of a registered model, calibrated on images.
+
+onnxruntime's own quantization tools do the work. The choices, measured in
+BENCHMARKS.md ("INT8 models"): weights int8 per output channel, activations uint8,
+ranges from the 99.999th percentile of each activation over the calibration images
+(min/max ranges, stretched by a few outlying activations, agreed less with the float
+model's features). CPUs with AVX-512 VNNI run the int8 convolutions about twice as fast.
+"""
+
+import os
+import tempfile
+
+import numpy as np
+
+from . import preprocess
+from .errors import ModelError
+
+# Calibration keeps a histogram per activation tensor for every image it is given:
+# more than this many images adds time and memory, not quality.
+MAX_CALIBRATION_IMAGES = 128
+MIN_CALIBRATION_IMAGES = 8
+
+
+def _feeds(input_name, arrays):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self):
+            self._items = iter(arrays)
+
+        def get_next(self):
+            item = next(self._items, None)
+            return None if item is None else {input_name: item[np.newaxis]}
+
+    return Feeds()
+
+
+def calibration_arrays(images, spec):
+    """The model inputs of decoded RGB images, as the model's spec prepares them."""
+    return [preprocess.prepare(img, spec) for img in images]
+
+
+def quantize(onnx_bytes, spec, arrays):
+    """INT8 QDQ bytes of ``onnx_bytes`` calibrated on ``arrays`` (prepared inputs).
+
+    Deterministic: the same bytes and inputs give the same model.
+    """
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    if len(arrays) < MIN_CALIBRATION_IMAGES:
+        raise ModelError(f"calibration gave {len(arrays)} images; at least "
+                         f"{MIN_CALIBRATION_IMAGES} are needed",
+                         hint="pass a query returning more rows of image bytes")
+    with tempfile.TemporaryDirectory(prefix="pgvision-quantize-") as tmp:
+        source, target = os.path.join(tmp, "source.onnx"), os.path.join(tmp, "int8.onnx")
+        with open(source, "wb") as f:
+            f.write(onnx_bytes)
+        quantize_static(
+            source, target, _feeds(spec["input"], arrays[:MAX_CALIBRATION_IMAGES]),
+            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.Percentile,
+            calibration_providers=["CPUExecutionProvider"])
+        with open(target, "rb") as f:
+            return f.read()

@@ -1,0 +1,108 @@
+"""8-bit models: the built-in efficientnet_lite0_int8 and pgvision.quantize_model."""
+
+import numpy as np
+import psycopg
+import pytest
+
+from data import PHOTOS, fashion_sample, photo
+from test_security import curator  # noqa: F401  (the pgvision_admin member fixture)
+
+INT8 = "efficientnet_lite0_int8"
+
+
+def _vec(conn, image, model):
+    return np.asarray(conn.execute("SELECT pgvision.embed(%s, %s)", [image, model]).fetchone()[0]
+                      .to_list(), dtype=np.float64)
+
+
+def _cosine(a, b):
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_the_int8_model_is_built_in_and_agrees_with_the_float_one(conn):
+    name, dim, builtin = conn.execute(
+        "SELECT name, dim, builtin FROM pgvision.models WHERE name = %s", [INT8]).fetchone()
+    assert (dim, builtin) == (1280, True)
+    cosines = [_cosine(_vec(conn, photo(p), INT8), _vec(conn, photo(p), "efficientnet_lite0"))
+               for p in PHOTOS]
+    # BENCHMARKS.md, "INT8 models": median 0.98 over photos, crops and thumbnails
+    assert np.median(cosines) > 0.96 and min(cosines) > 0.9, cosines
+
+
+def test_the_int8_model_classifies_like_the_float_one(conn):
+    for p in ("dog", "eagle", "giraffe"):
+        top = [conn.execute("SELECT label FROM pgvision.classify(%s, 1, %s)", [photo(p), m]
+                            ).fetchone()[0] for m in ("efficientnet_lite0", INT8)]
+        assert top[0] == top[1], (p, top)
+
+
+@pytest.fixture
+def calibration(admin):
+    admin.execute("DROP TABLE IF EXISTS public.calib")
+    admin.execute("CREATE TABLE public.calib (id int PRIMARY KEY, image bytea)")
+    rows = [(i, png) for i, _, png in fashion_sample(2)] + [
+        (100 + i, photo(p)) for i, p in enumerate(PHOTOS)]
+    with admin.cursor() as cur:
+        cur.executemany("INSERT INTO public.calib VALUES (%s, %s)", rows)
+    admin.execute("GRANT SELECT ON public.calib TO pgvision_admin")
+    yield "SELECT image FROM public.calib ORDER BY id"
+    for name in ("q8_a", "q8_b", "q8_c"):
+        admin.execute("DELETE FROM pgvision.models WHERE name = %s", [name])
+    admin.execute("DROP TABLE public.calib")
+
+
+def test_quantize_model_registers_a_deterministic_8_bit_model(curator, admin, calibration):
+    sha_a = curator.execute("SELECT pgvision.quantize_model('efficientnet_lite0', 'q8_a', %s)",
+                            [calibration]).fetchone()[0]
+    sha_b = curator.execute("SELECT pgvision.quantize_model('efficientnet_lite0', 'q8_b', %s)",
+                            [calibration]).fetchone()[0]
+    assert sha_a == sha_b  # same bytes and calibration, same model
+    dim, builtin, labels, spec, size = admin.execute(
+        "SELECT dim, builtin, array_length(labels, 1), spec, length(onnx) FROM pgvision.models "
+        "WHERE name = 'q8_a'").fetchone()
+    base_spec, base_size = admin.execute(
+        "SELECT spec, length(onnx) FROM pgvision.models WHERE name = 'efficientnet_lite0'").fetchone()
+    assert (dim, builtin, labels, spec) == (1280, False, 1000, base_spec)
+    assert size < base_size / 3  # weights in 8 bits, not 32
+    a = np.asarray(admin.execute("SELECT pgvision.embed(%s, 'q8_a')::real[]", [photo("dog")])
+                   .fetchone()[0])
+    b = np.asarray(admin.execute("SELECT pgvision.embed(%s, 'efficientnet_lite0')::real[]",
+                                 [photo("dog")]).fetchone()[0])
+    assert _cosine(a, b) > 0.9
+
+
+def test_an_image_that_does_not_decode_is_skipped_and_named(curator, admin, calibration):
+    admin.execute("INSERT INTO public.calib VALUES (-1, 'not an image'::bytea)")
+    curator.execute("SET client_min_messages = warning")
+    notices = []
+    curator.add_notice_handler(lambda d: notices.append(d.message_primary))
+    curator.execute("SELECT pgvision.quantize_model('efficientnet_lite0', 'q8_c', %s)", [calibration])
+    assert any("calibration row 1 skipped" in n for n in notices), notices
+    assert admin.execute("SELECT 1 FROM pgvision.models WHERE name = 'q8_c'").fetchone()
+
+
+@pytest.mark.parametrize("args, sqlstate", [
+    (("nonesuch", "q8_x", "SELECT image FROM public.calib"), "42704"),
+    (("efficientnet_lite0", "efficientnet_lite0_int8", "SELECT image FROM public.calib"), "42710"),
+    (("efficientnet_lite0", "q8 x", "SELECT image FROM public.calib"), "22023"),
+    (("efficientnet_lite0", "q8_x", "SELECT image FROM public.calib LIMIT 3"), "22023"),
+    (("efficientnet_lite0", "q8_x", "SELECT id FROM public.calib"), "22023"),
+    (("efficientnet_lite0", "q8_x", "SELECT image FROM public.nonesuch"), "42P01"),
+    (("efficientnet_lite0", None, "SELECT image FROM public.calib"), "22004"),
+])
+def test_bad_arguments_are_refused(curator, calibration, args, sqlstate):
+    with pytest.raises(psycopg.Error) as e:
+        curator.execute("SELECT pgvision.quantize_model(%s, %s, %s)", list(args))
+    assert e.value.sqlstate == sqlstate, e.value
+
+
+def test_a_plain_role_cannot_quantize(conn):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT pgvision.quantize_model('efficientnet_lite0', 'q8_x', 'SELECT NULL::bytea')")
+
+
+def test_the_calibration_query_runs_with_the_callers_rights(curator, admin, calibration):
+    admin.execute("REVOKE SELECT ON public.calib FROM pgvision_admin")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        curator.execute("SELECT pgvision.quantize_model('efficientnet_lite0', 'q8_x', %s)",
+                        [calibration])
