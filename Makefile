@@ -66,10 +66,14 @@ parity: model
 	  --noconftest -p no:cacheprovider -v -rs $(PYTEST_ARGS)
 
 # the main job: `pgvision demo` on a throwaway server (Fashion-MNIST sample, searches,
-# precision@10, contact sheet); demo-sql runs the seed SQL scripts in sql/ instead
+# precision@10, contact sheet); demo-sql runs the seed SQL scripts in sql/ instead.
+# SERVE=1 keeps it running and serves the demo's table (`pgvision serve`, it prints the URL;
+# SERVE_PORT, default 8000) until ctrl-c.
 DEMO_ARGS ?=
+SERVE ?=
+SERVE_PORT ?= 8000
 demo: install dev
-	PG_CONFIG=$(PG_CONFIG) $(DEV_VENV)/bin/pgvision demo $(DEMO_ARGS)
+	PG_CONFIG=$(PG_CONFIG) $(DEV_VENV)/bin/pgvision demo $(DEMO_ARGS) $(if $(SERVE),--serve --serve-port $(SERVE_PORT))
 
 demo-sql: install
 	PG_CONFIG=$(PG_CONFIG) bash scripts/demo.sh

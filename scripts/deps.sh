@@ -1,7 +1,8 @@
 #!/bin/bash
 # Installs what pgvision needs from Debian: the PostgreSQL server, PL/Python, the build
-# tools, the data sets, and pgvector (built from Debian's source package when no binary
-# package of a recent enough version exists for the server's major version).
+# tools, the data sets, headless Chromium for the web page's test, and pgvector (built from
+# Debian's source package when no binary package of a recent enough version exists for the
+# server's major version).
 # Idempotent: a second run with nothing missing only checks and returns.
 set -euo pipefail
 
@@ -15,6 +16,7 @@ packages=(
   "postgresql-plpython3-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR"
   build-essential dpkg-dev python3 python3-venv python3-dev
   dataset-fashion-mnist darknet
+  chromium chromium-driver   # the browser test of `pgvision serve` (tests/test_web.py)
 )
 
 missing=()

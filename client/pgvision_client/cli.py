@@ -1,4 +1,4 @@
-"""The `pgvision` command: load, search, demo."""
+"""The `pgvision` command: load, search, serve, demo."""
 
 import argparse
 import pathlib
@@ -51,12 +51,32 @@ exit status: 0 results printed (possibly none), 1 an error, 2 invalid arguments.
 
 {CONNECTION_HELP}"""
 
+SERVE_EPILOG = f"""\
+Pages: / the search form (an image file, k, an optional filter column = value), its results
+as thumbnails with distances (pgvision.search; a click searches like that row,
+pgvision.search_like), and /image/TABLE/KEY?size=N: the row's image as a JPEG thumbnail of
+at most N pixels (default 128; pgvision.thumbnail), for <img> tags and BI tools. KEY is the
+primary key's value (the id pgvision.search returns).
+
+Each --table needs a single-column primary key, the feature column (filled by pgvision.embed
+or `pgvision load`) and the image column (bytea). The connecting role needs SELECT on the
+tables and nothing else: a read-only role is enough. Uploads are limited to 20 MB. Anyone
+who can reach --host:--port can search the tables: keep the default 127.0.0.1 unless that
+is what you want. It prints where it listens; ctrl-c (or SIGTERM) stops it.
+
+exit status: 0 stopped by ctrl-c or SIGTERM, 1 an error (a table it cannot serve, the port
+taken), 2 invalid arguments.
+
+{CONNECTION_HELP}"""
+
 DEMO_EPILOG = """\
 Needs no running server: it creates a throwaway cluster in --dir (with initdb and pg_ctl of
 `pg_config --bindir`, PG_CONFIG defaulting to /usr/lib/postgresql/15/bin/pg_config), run as
 the postgres user when started as root, listening only on a unix socket in --dir. The
 pgvision extension must be installed (make install). The server is stopped at the end, also
 after an error or ctrl-c; --dir stays for inspection and is replaced by the next run.
+--serve keeps the server running after the demo and serves its table with `pgvision serve`
+(on 127.0.0.1:--serve-port) until ctrl-c.
 
 exit status: 0 the demo ran, 1 an error, 2 invalid arguments."""
 
@@ -101,6 +121,16 @@ def parser():
     sp.add_argument("--model", help=f"model in pgvision.models (default: the table's, else {db.DEFAULT_MODEL})")
     sp.add_argument("--html", metavar="FILE", help="also write a self-contained HTML contact sheet")
 
+    wp = sub.add_parser("serve", parents=[conn], formatter_class=fmt, epilog=SERVE_EPILOG,
+                        help="serve a search page over a table of images",
+                        description="Serve a web page that searches a table by an uploaded image, and the table's images as thumbnails.")
+    wp.add_argument("--table", required=True, action="append",
+                    help="table name, optionally SCHEMA.TABLE; repeat it to serve several (the first is the default)")
+    wp.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    wp.add_argument("--port", type=int, default=8000, help="port to listen on, 0 for any free one (default: %(default)s)")
+    wp.add_argument("--feature-column", default="feature", help="the tables' feature column (default: %(default)s)")
+    wp.add_argument("--image-column", default="image", help="the tables' image column, bytea (default: %(default)s)")
+
     dp = sub.add_parser("demo", formatter_class=fmt, epilog=DEMO_EPILOG,
                         help="run pgvision end to end on a throwaway server",
                         description="Start a throwaway PostgreSQL server, load a Fashion-MNIST sample and the"
@@ -110,6 +140,8 @@ def parser():
     dp.add_argument("--sample", type=_positive, default=1000, help="Fashion-MNIST training images to load (default: %(default)s)")
     dp.add_argument("--queries", type=_positive, default=10, help="Fashion-MNIST test images per class for precision@10 (default: %(default)s)")
     dp.add_argument("--batch", type=_positive, default=64, help="files per COPY and rows per embed_table batch (default: %(default)s)")
+    dp.add_argument("--serve", action="store_true", help="after the demo, serve its table with `pgvision serve` until ctrl-c")
+    dp.add_argument("--serve-port", type=int, default=8000, help="port of --serve, on 127.0.0.1 (default: %(default)s)")
     return p
 
 
@@ -144,6 +176,11 @@ def run_search(args):
     return EXIT_OK
 
 
+def run_serve(args):
+    from . import web
+    return web.serve(args.dsn, args.table, args.host, args.port, args.feature_column, args.image_column)
+
+
 def run_demo(args):
     from . import demo
     return demo.run(args)
@@ -152,7 +189,8 @@ def run_demo(args):
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        return {"load": run_load, "search": run_search, "demo": run_demo}[args.command](args)
+        return {"load": run_load, "search": run_search, "serve": run_serve,
+                "demo": run_demo}[args.command](args)
     except UserError as e:
         print(f"pgvision: error: {e}", file=sys.stderr)
     except psycopg.Error as e:

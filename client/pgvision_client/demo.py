@@ -4,7 +4,7 @@ Start a server in a folder (pgvision_client.server), CREATE EXTENSION, load a sa
 Fashion-MNIST and Debian's darknet photos with `load`, embed them with
 pgvision.embed_table, index them with pgvision.create_index, search with pgvision.search,
 measure precision@10 on Fashion-MNIST test images, write an HTML contact sheet, and stop
-the server whatever happens.
+the server whatever happens; with --serve, `pgvision serve` over the table first, until ctrl-c.
 """
 
 import collections
@@ -55,6 +55,10 @@ def run(args):
             conn.execute("CREATE EXTENSION pgvision CASCADE")
         with db.connect(server.conninfo) as conn:
             _demo(conn, folder, args)
+        if getattr(args, "serve", False):
+            from . import web
+            say(f"\nserving table {TABLE} of the demo (ctrl-c stops it and the server):")
+            web.serve(server.conninfo, [TABLE], "127.0.0.1", args.serve_port)
     finally:
         server.stop()
         for s, handler in old.items():
