@@ -31,7 +31,8 @@ Image.MAX_IMAGE_PIXELS = None
 
 def decode(data, background=(255, 255, 255), max_pixels=DEFAULT_MAX_PIXELS,
            max_bytes=DEFAULT_MAX_BYTES, grey=False, later=None, check=None):
-    """Decode image bytes to an RGB image, orientation applied, alpha composited.
+    """Decode image bytes to an RGB image, orientation applied, alpha composited on
+    ``background`` (with ``background=None``, an image with transparency comes back RGBA).
 
     With ``grey``, an opaque greyscale image stays one 8-bit channel ("L"): resizing one
     channel instead of three identical ones gives the same pixels for a third of the work.
@@ -73,7 +74,7 @@ def decode(data, background=(255, 255, 255), max_pixels=DEFAULT_MAX_PIXELS,
                 # alone is enough from here on
                 img = img._new(img.im)
             size = (height, width) if method in _SWAPS else (width, height)
-            out_mode, out_pixel = _output(img, grey)
+            out_mode, out_pixel = _output(img, grey, background)
             converted = out_mode != img.mode or "transparency" in img.info or method is not None
             peak = _frame_bytes(img) + (size[0] * size[1] * out_pixel + TILE_BYTES if converted else 0)
             resized = later(size, out_pixel) if later is not None else 0
@@ -135,13 +136,13 @@ def _frame_bytes(img):
     return img.size[0] * img.size[1] * _pixel_bytes(img.mode)
 
 
-def _output(img, grey):
+def _output(img, grey, background=(255, 255, 255)):
     """The mode to_rgb gives an image of this mode, and its bytes per pixel."""
     mode = img.mode
     if mode in _WIDE or mode == "F":
         return ("L", 1) if grey else ("RGB", 4)
     if mode in _ALPHA or (mode in ("P", "L", "RGB", "1") and "transparency" in img.info):
-        return "RGB", 4
+        return ("RGB", 4) if background is not None else ("RGBA", 4)
     if grey and mode == "L":
         return "L", 1
     return "RGB", 4
@@ -301,6 +302,9 @@ def _converter(img, background, grey):
 
 
 def _opaque(mode, info, background, grey):
+    if background is None and (mode in _ALPHA or "transparency" in info):
+        # kept (a thumbnail's PNG or WebP): straight RGBA
+        return None if mode == "RGBA" else lambda piece: piece.convert("RGBA")
     if mode in _ALPHA or (mode in ("P", "L", "RGB", "1") and "transparency" in info):
         def composite(piece):
             rgba = piece.convert("RGBA")

@@ -306,6 +306,21 @@ def embed_batch(plpy, GD, image_list, model_name):
 
 
 @sql_errors
+def thumbnail(plpy, GD, image, size, fmt):
+    """pgvision.thumbnail: within the image limits of the caller's settings."""
+    from . import thumbnails
+    return thumbnails.thumbnail(image, size, fmt, check=interrupt_check(plpy, GD),
+                                **_limits(settings(plpy, GD)))
+
+
+@sql_errors
+def data_url(plpy, GD, image, size, fmt):
+    from . import thumbnails
+    return thumbnails.data_url(image, size, fmt, check=interrupt_check(plpy, GD),
+                               **_limits(settings(plpy, GD)))
+
+
+@sql_errors
 def classify(plpy, GD, image, k, model_name):
     if k < 1:
         raise PgvisionError(f"k must be at least 1, not {k}", INVALID_PARAMETER_VALUE)
@@ -501,6 +516,16 @@ def quantize_model(plpy, GD, source, name, calibration):
     data = quantize.quantize(registered.onnx(), spec, arrays)
     labels = plpy.execute(st.labels, [source])[0]["labels"]
     return register_model(plpy, GD, name, data, json.dumps(spec), labels)
+
+
+# --- models learned from a table ----------------------------------------------------------
+
+@sql_errors
+def train_projection(plpy, GD, source, name, tbl, image_column, label_column, dims):
+    """pgvision.train_projection (see projection.py)."""
+    from . import projection
+    return projection.train_from_table(plpy, GD, source, name, tbl, image_column, label_column,
+                                       dims)
 
 
 # --- AnalyticDB-style pipelines ----------------------------------------------------------
