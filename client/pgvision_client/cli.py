@@ -88,6 +88,13 @@ def _positive(text):
     return n
 
 
+def _port(text):
+    n = int(text)
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, not {text}")
+    return n
+
+
 def parser():
     p = argparse.ArgumentParser(prog="pgvision", description="Reverse image search in PostgreSQL with pgvision.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -127,7 +134,7 @@ def parser():
     wp.add_argument("--table", required=True, action="append",
                     help="table name, optionally SCHEMA.TABLE; repeat it to serve several (the first is the default)")
     wp.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    wp.add_argument("--port", type=int, default=8000, help="port to listen on, 0 for any free one (default: %(default)s)")
+    wp.add_argument("--port", type=_port, default=8000, help="port to listen on, 0 for any free one (default: %(default)s)")
     wp.add_argument("--feature-column", default="feature", help="the tables' feature column (default: %(default)s)")
     wp.add_argument("--image-column", default="image", help="the tables' image column, bytea (default: %(default)s)")
 
@@ -141,7 +148,7 @@ def parser():
     dp.add_argument("--queries", type=_positive, default=10, help="Fashion-MNIST test images per class for precision@10 (default: %(default)s)")
     dp.add_argument("--batch", type=_positive, default=64, help="files per COPY and rows per embed_table batch (default: %(default)s)")
     dp.add_argument("--serve", action="store_true", help="after the demo, serve its table with `pgvision serve` until ctrl-c")
-    dp.add_argument("--serve-port", type=int, default=8000, help="port of --serve, on 127.0.0.1 (default: %(default)s)")
+    dp.add_argument("--serve-port", type=_port, default=8000, help="port of --serve, on 127.0.0.1 (default: %(default)s)")
     return p
 
 
