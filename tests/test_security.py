@@ -79,8 +79,8 @@ def test_every_function_pins_search_path_and_few_are_security_definer(admin):
     assert len(functions) > 20
     assert {name for name, secdef, *_ in functions if secdef} == SECURITY_DEFINER
     for name, secdef, config, _, _ in functions:
-        # procedures that COMMIT cannot have SET clauses; embed_table qualifies every name
-        if name.startswith("pgvision.embed_table("):
+        # procedures that COMMIT cannot have SET clauses; embed_table and switch_model qualify every name
+        if name.startswith(("pgvision.embed_table(", "pgvision.switch_model(")):
             continue
         assert config and any(c.startswith("search_path=pg_catalog") for c in config), name
 
