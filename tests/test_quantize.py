@@ -1,5 +1,7 @@
 """8-bit models: the built-in efficientnet_lite0_int8 and pgvision.quantize_model."""
 
+import json
+
 import numpy as np
 import psycopg
 import pytest
@@ -11,8 +13,8 @@ INT8 = "efficientnet_lite0_int8"
 
 
 def _vec(conn, image, model):
-    return np.asarray(conn.execute("SELECT pgvision.embed(%s, %s)", [image, model]).fetchone()[0]
-                      .to_list(), dtype=np.float64)
+    return np.asarray(conn.execute("SELECT pgvision.embed(%s, %s)::real[]", [image, model])
+                      .fetchone()[0], dtype=np.float64)
 
 
 def _cosine(a, b):
@@ -34,6 +36,29 @@ def test_the_int8_model_classifies_like_the_float_one(conn):
         top = [conn.execute("SELECT label FROM pgvision.classify(%s, 1, %s)", [photo(p), m]
                             ).fetchone()[0] for m in ("efficientnet_lite0", INT8)]
         assert top[0] == top[1], (p, top)
+
+
+def test_reduced_decoding_is_asked_for_by_the_spec_and_changes_no_other_model(admin):
+    spec = admin.execute("SELECT spec FROM pgvision.models WHERE name = %s", [INT8]).fetchone()[0]
+    base = admin.execute("SELECT spec FROM pgvision.models WHERE name = 'efficientnet_lite0'"
+                         ).fetchone()[0]
+    assert spec.pop("decode") == "reduced" and spec == base and "decode" not in base
+    onnx_bytes = admin.execute("SELECT onnx FROM pgvision.models WHERE name = 'efficientnet_lite0'"
+                               ).fetchone()[0]
+    try:
+        admin.execute("SELECT pgvision.register_model('lite0_reduced', %s, %s)",
+                      [onnx_bytes, json.dumps(dict(base, decode="reduced"))])
+        full, reduced = (_vec(admin, photo("dog"), m) for m in ("efficientnet_lite0", "lite0_reduced"))
+        # dog.jpg is 768x576: decoded at half size, 384x288, then stretched to 224x224
+        assert not np.array_equal(full, reduced) and _cosine(full, reduced) > 0.95
+        # person.jpg is 640x424: half size would be 212 rows, fewer than 224, so it is decoded whole
+        assert np.array_equal(*(_vec(admin, photo("person"), m)
+                                for m in ("efficientnet_lite0", "lite0_reduced")))
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match='"decode" must be one of'):
+            admin.execute("SELECT pgvision.register_model('lite0_bad', %s, %s)",
+                          [onnx_bytes, json.dumps(dict(base, decode="half"))])
+    finally:
+        admin.execute("DELETE FROM pgvision.models WHERE name = 'lite0_reduced'")
 
 
 @pytest.fixture

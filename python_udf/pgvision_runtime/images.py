@@ -30,7 +30,7 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 def decode(data, background=(255, 255, 255), max_pixels=DEFAULT_MAX_PIXELS,
-           max_bytes=DEFAULT_MAX_BYTES, grey=False, later=None, check=None):
+           max_bytes=DEFAULT_MAX_BYTES, grey=False, later=None, check=None, reduce_to=None):
     """Decode image bytes to an RGB image, orientation applied, alpha composited on
     ``background`` (with ``background=None``, an image with transparency comes back RGBA).
 
@@ -42,6 +42,8 @@ def decode(data, background=(255, 255, 255), max_pixels=DEFAULT_MAX_PIXELS,
     ``later(size, bytes_per_pixel)``, if given, is what the caller will need besides the
     returned image (see preprocess.resize_bytes), counted against the same bound.
     ``check``, if given, is called between pieces of a conversion and may raise to stop.
+    ``reduce_to``, a side in pixels, lets a JPEG decode at the smallest DCT scale whose
+    both sides are still at least that long (the model spec's "decode": "reduced").
     """
     if data is None or len(data) == 0:
         raise ImageError("image is empty", hint="pass the bytes of a JPEG, PNG, GIF, WebP, BMP or TIFF file")
@@ -63,6 +65,9 @@ def decode(data, background=(255, 255, 255), max_pixels=DEFAULT_MAX_PIXELS,
             # The first frame (of an animated GIF or WebP, a multi-page TIFF) is the current
             # one after open; asking for n_frames would walk the whole file to count them.
             budget = BYTES_PER_PIXEL * max_pixels + CONSTANT_BYTES if max_pixels else None
+            if reduce_to and img.format == "JPEG":
+                img.draft(img.mode, (reduce_to, reduce_to))
+                width, height = img.size
             _check_budget(budget, width, height, _decode_bytes(img, data))
             if img.format == "WEBP":
                 method = _orientation(img)

@@ -239,8 +239,10 @@ class Model:
         return [np.asarray(r, dtype=np.float32) for r in result]
 
     def prepare(self, data, limits, check=None):
+        reduce_to = max(self.spec["size"]) if self.spec.get("decode") == "reduced" else None
         img = images.decode(data, self.spec["background"], grey=True, **limits, check=check,
-                            later=lambda size, pixel: preprocess.resize_bytes(size, pixel, self.spec))
+                            later=lambda size, pixel: preprocess.resize_bytes(size, pixel, self.spec),
+                            reduce_to=reduce_to)
         return preprocess.prepare(img, self.spec)
 
     def embed(self, data, limits, output="feature"):

@@ -16,8 +16,9 @@ RESAMPLE = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 FITS = ("stretch", "center_crop", "letterbox")
 LAYOUTS = ("NCHW", "NHWC")
 COLORS = ("RGB", "BGR")
+DECODES = ("full", "reduced")
 KNOWN_KEYS = {"input", "layout", "size", "resample", "fit", "color", "scale", "mean", "std",
-              "background", "outputs"}
+              "background", "outputs", "decode"}
 MAX_SIDE = 4096
 
 
@@ -83,6 +84,14 @@ def validate(spec):
     if any(b < 0 or b > 255 or b != int(b) for b in background):
         _fail('"background" must hold three integers between 0 and 255')
     out["background"] = [int(b) for b in background]
+
+    # "reduced": JPEG decodes at the smallest DCT scale (1/2, 1/4, 1/8) that still covers
+    # the input size (Pillow's draft). Kept out of specs that do not ask for it, so that the
+    # stored spec, and with it every existing model, stays as it was.
+    if "decode" in spec:
+        if spec["decode"] not in DECODES:
+            _fail(f'"decode" must be one of {", ".join(DECODES)}, not {spec["decode"]!r}')
+        out["decode"] = spec["decode"]
 
     outputs = spec.get("outputs")
     if not isinstance(outputs, dict) or not isinstance(outputs.get("feature"), str):
