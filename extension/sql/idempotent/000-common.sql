@@ -166,13 +166,13 @@ RETURNS TABLE (metric text, operator text, opclass text, similarity text, is_def
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    -- similarity: a format() template over the distance expression; NULL for l2
-    VALUES ('l2', '<->', 'l2_ops', NULL, false),
+    -- similarity: a format() template over the distance expression, larger is nearer
+    VALUES ('l2', '<->', 'l2_ops', '1 OPERATOR(pg_catalog./) (1 OPERATOR(pg_catalog.+) %s)', false),
            ('cosine', '<=>', 'cosine_ops', '1 OPERATOR(pg_catalog.-) %s', true),
            ('ip', '<#>', 'ip_ops', 'OPERATOR(pg_catalog.-) %s', false)
 $$;
 COMMENT ON FUNCTION pgvision._metrics() IS
-'internal: each metric''s pgvector operator (<->, <=>, <#>), operator class suffix (vector_/halfvec_ + opclass), similarity as a format() template over the distance (cosine: 1 - distance, ip: - distance, l2: none), and which is the default';
+'internal: each metric''s pgvector operator (<->, <=>, <#>), operator class suffix (vector_/halfvec_ + opclass), similarity as a format() template over the distance (cosine: 1 - distance, ip: - distance, l2: 1 / (1 + distance)), and which is the default';
 
 CREATE OR REPLACE FUNCTION pgvision._default_metric()
 RETURNS text

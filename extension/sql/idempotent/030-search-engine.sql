@@ -37,10 +37,6 @@ BEGIN
     END IF;
     SELECT * INTO _m FROM pgvision._metric(coalesce(given, pgvision._index_metric(tbl, feature_column),
                                                     pgvision._default_metric()));
-    IF min_similarity IS NOT NULL AND _m.similarity IS NULL THEN
-        RAISE EXCEPTION 'min_similarity applies to the cosine and ip metrics'
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'with l2, limit the distance with max_distance';
-    END IF;
     -- l2 and cosine distances are never negative (the ip "distance" is the negative inner
     -- product, which may be): a negative limit would silently find nothing.
     IF max_distance < 0 AND _m.metric IN ('l2', 'cosine') THEN

@@ -43,7 +43,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision.search(regclass, bytea, int, name, text, text, text, name, double precision, double precision, int) IS
-'the k rows of a table whose feature is nearest to an image''s, nearest first: query_no (1), rank, id (the primary key as text), distance (l2: <->, cosine: <=>, ip: <#>, the negative inner product), similarity (cosine: 1 - distance, ip: the inner product, l2: null), item (the row as jsonb without vector and bytea columns). The query is embedded with model, left out: the feature column''s recorded model (pgvision.column_model), else efficientnet_lite0; another model than the recorded one is refused. metric defaults to the one the column''s pgvector index was built for (pgvision.create_index builds cosine ones), cosine when it has none. filter is a SQL condition on the table''s columns, run as the caller with search_path = pg_catalog, pg_temp (qualify your own functions); iterative index scans return k rows when k rows match it. group_by keeps the best row per value of a column; max_distance and min_similarity (cosine, ip) drop farther rows; expand => n searches again with a query made half of the original and half of the mean of its n nearest rows';
+'the k rows of a table whose feature is nearest to an image''s, nearest first: query_no (1), rank, id (the primary key as text), distance (l2: <->, cosine: <=>, ip: <#>, the negative inner product), similarity (larger is nearer; cosine: 1 - distance, ip: the inner product, l2: 1 / (1 + distance)), item (the row as jsonb without vector and bytea columns). The query is embedded with model, left out: the feature column''s recorded model (pgvision.column_model), else efficientnet_lite0; another model than the recorded one is refused. metric defaults to the one the column''s pgvector index was built for (pgvision.create_index builds cosine ones), cosine when it has none. filter is a SQL condition on the table''s columns, run as the caller with search_path = pg_catalog, pg_temp (qualify your own functions); iterative index scans return k rows when k rows match it. group_by keeps the best row per value of a column; max_distance and min_similarity drop farther rows; expand => n searches again with a query made half of the original and half of the mean of its n nearest rows';
 
 CREATE OR REPLACE FUNCTION pgvision.search_batch(
     tbl regclass, queries bytea[], k int DEFAULT 10, feature_column name DEFAULT 'feature',
@@ -128,6 +128,42 @@ AS $$
 $$;
 COMMENT ON FUNCTION pgvision.search_like(regclass, anyelement, int, name, text, text, name, double precision, double precision, int) IS
 'pgvision.search_like with a key of any type (compared with the primary key after a cast through text)';
+
+-- Search by a vector: a stored row's feature, an average of several, one computed elsewhere.
+-- Its own name, not a search(regclass, vector) overload: an untyped parameter or literal
+-- (node-postgres and asyncpg send every parameter untyped) would then match both forms and
+-- make every existing search(tbl, $1) call ambiguous.
+CREATE OR REPLACE FUNCTION pgvision.search_vector(
+    tbl regclass, query vector, k int DEFAULT 10, feature_column name DEFAULT 'feature',
+    metric text DEFAULT NULL, filter text DEFAULT NULL, group_by name DEFAULT NULL,
+    max_distance double precision DEFAULT NULL, min_similarity double precision DEFAULT NULL,
+    expand int DEFAULT 0)
+RETURNS TABLE (query_no int, rank int, id text, distance double precision, similarity double precision, item jsonb)
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE ROWS 10
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _dim int;
+BEGIN
+    IF tbl IS NULL OR feature_column IS NULL THEN
+        RAISE EXCEPTION 'tbl and feature_column must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF query IS NULL THEN
+        RAISE EXCEPTION 'query vector must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    _dim := pgvision._vector_column(tbl, feature_column);
+    IF _dim > 0 AND pg_catalog.array_length(query::pg_catalog.float4[], 1) <> _dim THEN
+        RAISE EXCEPTION 'expected % dimensions, not %', _dim, pg_catalog.array_length(query::pg_catalog.float4[], 1)
+            USING ERRCODE = 'data_exception',
+                  HINT = pg_catalog.format('column %I of relation %s holds vector(%s)', feature_column, tbl, _dim);
+    END IF;
+    RETURN QUERY
+    SELECT * FROM pgvision._search(tbl, ARRAY[query::text], k, feature_column, metric, filter, group_by,
+                                   max_distance, min_similarity, expand, NULL);
+END
+$$;
+COMMENT ON FUNCTION pgvision.search_vector(regclass, vector, int, name, text, text, name, double precision, double precision, int) IS
+'pgvision.search with a vector as the query (a stored feature, a mean of several, one computed elsewhere), e.g. search_vector(''images'', (SELECT feature FROM images WHERE id = 7)); same columns and options (the vector must have the column''s dimensions); similarity is larger for nearer rows: cosine 1 - distance, ip the inner product, l2 1 / (1 + distance); id is the primary key as text: join with t.id = s.id::int (the cast on the result''s side keeps the table''s key index)';
 
 -- The query vector of an image for a feature column, embedded with the column's model: for
 -- the plain SQL form, ORDER BY feature <=> pgvision.query_vector('images', 'feature', $1).
