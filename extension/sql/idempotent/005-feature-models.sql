@@ -71,8 +71,24 @@ LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    _recorded text := pgvision.column_model(tbl, feature_column);
+    _recorded text;
 BEGIN
+    -- The table's lock first (a query on it keeps ACCESS SHARE to the end of the
+    -- transaction), then the record of the column that has the name now, from the system
+    -- caches the lock brought up to date rather than from this statement's snapshot: a
+    -- search whose snapshot predates a swap of columns (switch_model_finish) and that reads
+    -- the table after it reads the new column, so it must embed with that column's model.
+    IF pg_catalog.has_any_column_privilege(tbl, 'SELECT') THEN
+        -- (ONLY and no row: not a partition, nor a shard, is opened)
+        EXECUTE pg_catalog.format('SELECT FROM ONLY %s WHERE false', pgvision._rel_name(tbl));
+    END IF;
+    SELECT f.model INTO _recorded FROM pgvision.feature_models f
+    WHERE f.tbl = _query_model.tbl
+      AND (pg_catalog.pg_identify_object_as_address('pg_catalog.pg_class'::pg_catalog.regclass, f.tbl, f.attnum)).object_names[3]
+          = _query_model.feature_column;
+    IF NOT FOUND THEN
+        _recorded := pgvision.column_model(tbl, feature_column);
+    END IF;
     IF model IS NULL OR model = '' THEN  -- not given
         RETURN coalesce(_recorded, pgvision._default_model());
     END IF;
