@@ -23,6 +23,9 @@ RECOMMENDED = {
     "scalar subquery": """
         SELECT id, class, feature <=> (SELECT pgvision.embed($1)) AS distance
         FROM gp_images ORDER BY distance LIMIT 5""",
+    "scalar subquery, l2 (Getting started)": """
+        SELECT id, class, feature <-> (SELECT pgvision.embed($1)) AS distance
+        FROM gp_images ORDER BY distance LIMIT 5""",
     "query_vector subquery": """
         SELECT id, class, feature <=> (SELECT pgvision.query_vector('gp_images', 'feature', $1)) AS distance
         FROM gp_images ORDER BY distance LIMIT 5""",
@@ -51,6 +54,7 @@ def table(server):
                 copy.write_row([i, f"c{i % 10}", "[" + ",".join("%.5g" % x for x in v) + "]"])
         c.execute("INSERT INTO gp_images VALUES (%s, 'dog', pgvision.embed(%s))", [ROWS, photo("dog")])
         c.execute("SELECT pgvision.create_index('gp_images', 'feature')")
+        c.execute("CREATE INDEX gp_images_feature_l2 ON gp_images USING hnsw (feature vector_l2_ops)")
         c.execute("ANALYZE gp_images")
     return "gp_images"
 

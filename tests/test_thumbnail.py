@@ -186,3 +186,27 @@ def test_large_jpeg_within_the_pixel_budget(conn):
     data = encode(big, "JPEG", quality=90)
     out = picture(thumb(conn, data, 256))
     assert out.size == (256, 171)
+
+
+def test_psql_lo_import_route(psql, conn, tmp_path):
+    """The README's route for a role without pg_read_binary_file: \\lo_import on the client,
+    lo_get in SQL, \\lo_unlink after."""
+    from data import DARKNET
+
+    conn.execute("DROP TABLE IF EXISTS lo_images")
+    conn.execute("CREATE TABLE lo_images (id int PRIMARY KEY, class text, image bytea NOT NULL,"
+                 " feature vector(1280))")
+    script = tmp_path / "lo.sql"
+    script.write_text(f"\\lo_import {DARKNET / 'eagle.jpg'}\n"
+                      "\\set img :LASTOID\n"
+                      "INSERT INTO lo_images VALUES (2, 'bird', lo_get(:img), NULL);\n"
+                      "\\lo_unlink :img\n"
+                      "UPDATE lo_images SET feature = pgvision.embed(image) WHERE feature IS NULL;\n")
+    script.chmod(0o644)
+    tmp_path.chmod(0o755)
+    run = psql(script, check=False)
+    assert run.returncode == 0, run.stderr
+    image, has_feature = conn.execute("SELECT image, feature IS NOT NULL FROM lo_images").fetchone()
+    assert image == photo("eagle") and has_feature
+    assert conn.execute("SELECT count(*) FROM pg_largeobject_metadata WHERE lomowner = "
+                        "(SELECT oid FROM pg_roles WHERE rolname = current_user)").fetchone()[0] == 0
