@@ -7,7 +7,6 @@ of its full decode.
 """
 
 import base64
-import inspect
 import io
 
 from PIL import Image
@@ -24,9 +23,6 @@ FORMATS = {
 }
 _ALIASES = {"jpg": "jpeg"}
 WHITE = (255, 255, 255)
-
-# images.decode takes reduce_to (Pillow's draft for JPEG) where the runtime has it
-_DRAFT = "reduce_to" in inspect.signature(images.decode).parameters
 
 
 def _format(fmt):
@@ -74,12 +70,10 @@ def thumbnail(data, size=128, fmt="jpeg", max_pixels=images.DEFAULT_MAX_PIXELS,
     check_size(size)
     name = _format(fmt)
     pil_name, _, keeps_alpha, options = FORMATS[name]
-    kwargs = {"reduce_to": size} if _DRAFT else {}
     img = images.decode(data, None if keeps_alpha else WHITE, max_pixels=max_pixels,
-                        max_bytes=max_bytes, grey=True, check=check,
-                        later=lambda s, pixel: preprocess.resize_bytes(s, pixel, _resize_spec(s, size)),
-                        **kwargs)
-    new = target(_shown_size(data) if _DRAFT else img.size, size)
+                        max_bytes=max_bytes, grey=True, check=check, reduce_to=size,
+                        later=lambda s, pixel: preprocess.resize_bytes(s, pixel, _resize_spec(s, size)))
+    new = target(_shown_size(data), size)
     if new != img.size:
         # reducing_gap: a box reduction by an integer factor first, then Lanczos over the
         # last factor of at most 3 (as Image.thumbnail does, with its gap of 2)
