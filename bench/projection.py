@@ -30,6 +30,7 @@ from pgvision_runtime import models, projection
 
 NAME = "projection"
 DIMS = (16, 64, 128, 256)
+REPEATS = 11
 
 
 def variants(img):
@@ -111,7 +112,7 @@ def graph_check(model, feats_png, mean, matrix, images):
     diff = float(np.abs(got - want).max() / np.abs(want).max())
     batch = np.stack([model.prepare(d, common.LIMITS) for d in images[:32]])
     times = {"source": [], "projected": []}
-    for _ in range(5):
+    for _ in range(REPEATS):
         for key, m in (("source", model), ("projected", projected)):
             start = time.perf_counter()
             m.run(batch)
@@ -145,7 +146,7 @@ def report(result):
     rows = result["methods"]
     base = rows["raw feature (1280)"]
     lines = [
-        "## Models learned from your table",
+        "## 7. Models learned from your table",
         "",
         f"`pgvision.train_projection` on Fashion-MNIST: the first {result['per_class']} images of "
         f"each class of the train split, alternately training ({result['train_rows']} rows) and "
@@ -173,7 +174,7 @@ def report(result):
     g = result["graph"]
     lines += ["", f"The registered graph (source + Sub + MatMul to 256) gives numpy's projection to "
                   f"{g['max_relative_difference']:.1e} (relative), at {g['ms_per_image']['projected']:.2f} ms "
-                  f"per image against the source's {g['ms_per_image']['source']:.2f} (batch of 32, median of 5).",
+                  f"per image against the source's {g['ms_per_image']['source']:.2f} (batch of 32, median of {REPEATS}).",
               "",
               "Reading: a discriminant learned from labels raises class precision, and what it "
               "discards (what tells one shirt from another) costs near-duplicate recall, less so "
@@ -181,7 +182,7 @@ def report(result):
               "hundredths of the raw feature on both, with a vector 5 times smaller. The sweep "
               "rows are the choices `projection.py` did not take (full whitening, other fill "
               "weights, almost no shrinkage).",
-              "", f"Measured with `{result['command']}`."]
+              "", f"Reproduce: `{result['command']}`."]
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ import common
 ORDER = [("inference", "1. Inference overhead"), ("ingest", "2. End-to-end ingest"),
          ("search", "3. Search"), ("quality", "4. Retrieval quality"),
          ("memory", "5. Cold start and memory"), ("int8", "6. INT8 models"),
+         ("projection", "7. Models learned from your table"),
          ("shards", "Scale-out")]
 
 HEADER = """# Benchmarks
