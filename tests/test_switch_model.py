@@ -138,6 +138,9 @@ def test_a_full_switch(conn, table, rows):
     progress = conn.execute("SELECT feature_column, model FROM pgvision.backfill_progress"
                             " WHERE tbl = 'sm_t'::regclass ORDER BY 1").fetchall()
     assert progress == [("feature", NEW), ("feature_previous", OLD)]
+    # called again, there is nothing left to do
+    conn.execute("CALL pgvision.switch_model('sm_t', 'feature', %s)", [NEW])
+    assert [r[0] for r in columns(conn)] == ["id", "label", "image", "feature_previous", "feature"]
     # nothing is under way any more
     e = refused(conn, "SELECT pgvision.switch_model_finish('sm_t', 'feature')")
     assert e.sqlstate == "55000"
@@ -156,6 +159,24 @@ def test_drop_old(conn, table, rows):
     assert conn.execute("SELECT feature_column, model FROM pgvision.backfill_progress"
                         " WHERE tbl = 'sm_t'::regclass").fetchall() == [("feature", NEW)]
     same(search(conn, rows[0][2]), exact(conn, rows[0][2], NEW))
+
+
+def test_the_new_column_gets_indexes_like_the_old_ones(conn, table):
+    conn.execute("SELECT pgvision.create_index('sm_t', 'feature', metric => 'l2', method => 'ivfflat', lists => 3)")
+    conn.execute("SELECT pgvision.create_index('sm_t', 'feature', metric => 'ip', m => 8, ef_construction => 32, halfvec => true)")
+    old = dict(indexes(conn))
+    conn.execute("CALL pgvision.switch_model('sm_t', 'feature', %s)", [NEW])
+    now = dict(indexes(conn))
+    assert len(now) == 2 * len(old) - 1  # the primary key once
+    for name, definition in old.items():
+        if name == "sm_t_pkey":
+            continue
+        # the new column's index has the old one's name and definition
+        assert now[name] == definition, name
+        assert now[name.replace("sm_t_feature_", "sm_t_feature_previous_")] == definition.replace(
+            name, name.replace("sm_t_feature_", "sm_t_feature_previous_")).replace("(feature", "(feature_previous"), name
+    assert "USING ivfflat (feature) WITH (lists='3')" in now["sm_t_feature_ivfflat_l2_idx"]
+    assert "((feature)::halfvec(1280)) halfvec_ip_ops) WITH (m='8', ef_construction='32')" in now["sm_t_feature_hnsw_ip_half_idx"]
 
 
 def test_interrupted_resumed_and_writes_during_the_backfill(conn, table, rows):

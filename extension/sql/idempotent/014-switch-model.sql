@@ -435,6 +435,13 @@ BEGIN
             HINT = 'CALL it on its own, in autocommit mode, or run its steps: pgvision.switch_model_start, CALL pgvision.embed_table, pgvision.switch_model_finish';
     END IF;
     PERFORM pgvision._check_batch_size(batch_size);
+    PERFORM pgvision._check_owner(tbl);
+    -- called again after its swap committed: nothing left to do
+    IF NOT EXISTS (SELECT FROM pgvision._switch_state(tbl, feature_column))
+       AND pgvision.column_model(tbl, feature_column) OPERATOR(pg_catalog.=) model THEN
+        RAISE NOTICE 'feature column "%" of relation % holds features of model "%"', feature_column, tbl, model;
+        RETURN;
+    END IF;
     _new := pgvision.switch_model_start(tbl, feature_column, model, image_column, new_column);
     COMMIT;
     CALL pgvision.embed_table(tbl, image_column, _new, model, batch_size, key_column);
@@ -445,4 +452,4 @@ BEGIN
 END
 $$;
 COMMENT ON PROCEDURE pgvision.switch_model(regclass, name, text, name, name, int, name, boolean, name) IS
-'moves a feature column to another model while it is searched and written: pgvision.switch_model_start (the new column, its model, a trigger that keeps it current), CALL pgvision.embed_table into it (batch_size rows a transaction), its indexes like the old column''s, then pgvision.switch_model_finish (the swap, in one short transaction); each step commits; interrupted, CALL it again with the same arguments to go on; pgvision.switch_model_abort abandons it; CALL it outside a transaction block; for the table''s owner';
+'moves a feature column to another model while it is searched and written: pgvision.switch_model_start (the new column, its model, a trigger that keeps it current), CALL pgvision.embed_table into it (batch_size rows a transaction), its indexes like the old column''s, then pgvision.switch_model_finish (the swap, in one short transaction); each step commits; interrupted, CALL it again with the same arguments to go on (once the column holds the model, it does nothing); pgvision.switch_model_abort abandons it; CALL it outside a transaction block; for the table''s owner';
