@@ -106,9 +106,12 @@ BEGIN
     END IF;
     PERFORM pgvision._check_owner(tbl);
     PERFORM pgvision._vector_column(tbl, feature_column);
-    IF pg_catalog.to_regprocedure('pgvision._is_sharded(regclass)') IS NOT NULL AND pgvision._is_sharded(tbl) THEN
-        RAISE EXCEPTION 'relation % is sharded', tbl USING ERRCODE = 'feature_not_supported',
-            HINT = 'switch the model of each shard''s table on its shard';
+    -- (scale-out, 042-shard-tables.sql, may be left out)
+    IF pg_catalog.to_regprocedure('pgvision._is_sharded(regclass)') IS NOT NULL THEN
+        IF pgvision._is_sharded(tbl) THEN
+            RAISE EXCEPTION 'relation % is sharded', tbl USING ERRCODE = 'feature_not_supported',
+                HINT = 'switch the model of each shard''s table on its shard';
+        END IF;
     END IF;
     SELECT * INTO _s FROM pgvision._switch_state(tbl, feature_column);
     IF FOUND THEN
