@@ -3,8 +3,10 @@
 import numpy as np
 import psycopg
 import pytest
+from onnx import TensorProto, helper
 
 from data import fashion_sample, photo
+from pgvision_runtime import models, projection, spec as specs
 from test_security import curator  # noqa: F401  (the pgvision_admin member fixture)
 
 SOURCE = "efficientnet_lite0"
@@ -125,3 +127,81 @@ def test_too_few_rows_are_refused(curator, admin, table):
         curator.execute("SELECT pgvision.train_projection(%s, 'tp_x', %s, 'image', dims => 4)",
                         [SOURCE, table])
     assert e.value.sqlstate == "22023" and "rows" in str(e.value), e.value
+
+
+def test_an_embed_table_column_of_the_learned_model_records_it(curator, admin, table):
+    curator.execute("SELECT pgvision.train_projection(%s, 'tp_pca', %s, 'image', dims => 24)",
+                    [SOURCE, table])
+    admin.execute("ALTER TABLE public.tp ADD COLUMN f24 vector(24)")
+    admin.execute("CALL pgvision.embed_table('public.tp', 'image', 'f24', model => 'tp_pca')")
+    assert admin.execute("SELECT count(*) FROM public.tp WHERE f24 IS NULL").fetchone()[0] == 0
+    assert admin.execute("SELECT pgvision.column_model('public.tp', 'f24')").fetchone()[0] == "tp_pca"
+    # a search by an image of the table finds that row first
+    first = admin.execute("SELECT id FROM public.tp ORDER BY f24 <=> "
+                          "(SELECT pgvision.embed(image, 'tp_pca') FROM public.tp WHERE id = 4) LIMIT 1"
+                          ).fetchone()[0]
+    assert first == 4
+    admin.execute("ALTER TABLE public.tp DROP COLUMN f24")
+
+
+# --- the numpy and ONNX parts, without a server -------------------------------------------
+
+def _tiny(width=6):
+    """x [N,3,8,8] -> mean over the pixels (f [N,3]) and a copy of x's first row (g [N,8])."""
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"])]
+    graph = helper.make_graph(nodes, "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("f", TensorProto.FLOAT, ["N", 3])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                             ir_version=8).SerializeToString()
+
+
+def test_the_appended_graph_computes_the_numpy_projection():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(40, 3)) @ np.diag([3.0, 1.0, 0.2])
+    mean, matrix, _ = projection.fit(feats, None, 2)
+    spec = specs.validate({"input": "x", "size": [8, 8], "outputs": {"feature": "f"}})
+    data, new_spec = projection.append(_tiny(), spec, mean, matrix)
+    assert new_spec["outputs"] == {"feature": projection.OUTPUT}
+    _, dim, _ = models.inspect(data, new_spec)  # what register_model checks
+    assert dim == 2
+    x = rng.normal(size=(5, 3, 8, 8)).astype(np.float32)
+    got = models.Model(data, new_spec, threads=1).run(x)[0]
+    want = projection.apply(x.mean(axis=(2, 3)), mean, matrix)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert projection.append(_tiny(), spec, mean, matrix)[0] == data  # same bytes
+
+
+def test_fit_is_deterministic_and_puts_the_class_directions_first():
+    rng = np.random.default_rng(1)
+    labels = np.repeat(["a", "b", "c"], 30)
+    centers = {"a": [0, 0, 0, 0, 0], "b": [0, 0, 0, 0, 2.5], "c": [0, 0, 0, 2.5, 0]}
+    # the classes differ in two low-variance dimensions; the noise is larger elsewhere
+    feats = rng.normal(size=(90, 5)) * [4, 3, 1, 0.5, 0.5] + np.array([centers[c] for c in labels])
+    mean, matrix, summary = projection.fit(feats, labels, 4)
+    assert summary["discriminant_dims"] == 2 and matrix.shape == (5, 4)
+    again = projection.fit(feats, labels, 4)
+    assert again[0].tobytes() == mean.tobytes() and again[1].tobytes() == matrix.tobytes()
+
+    def nearest_mean_accuracy(x):
+        means = np.stack([x[labels == c].mean(axis=0) for c in "abc"])
+        guess = np.argmin(((x[:, None] - means) ** 2).sum(axis=2), axis=1)
+        return float((np.array(list("abc"))[guess] == labels).mean())
+    # the first two dimensions separate the classes; PCA's first two are the noise
+    lda = nearest_mean_accuracy(projection.apply(feats, mean, matrix)[:, :2])
+    pca_mean, pca_matrix, _ = projection.fit(feats, None, 4)
+    pca = nearest_mean_accuracy(projection.apply(feats, pca_mean, pca_matrix)[:, :2])
+    assert lda > 0.9 and pca < 0.6, (lda, pca)
+
+
+@pytest.mark.parametrize("labels, dims, message", [
+    (None, 0, "dims must be between 1 and 5"),
+    (None, 6, "dims must be between 1 and 5"),
+    (["a"] * 20, 2, "at least 2 are needed"),
+    (["a"] * 19 + ["b"], 2, 'class "b" has 1 row'),
+])
+def test_fit_refuses(labels, dims, message):
+    with pytest.raises(projection.PgvisionError) as e:
+        projection.fit(np.random.default_rng(2).normal(size=(20, 5)), labels, dims)
+    assert message in e.value.message and e.value.sqlstate == "22023"

@@ -194,15 +194,21 @@ def append(onnx_bytes, spec, mean, matrix):
 
 # --- from a table (called by sqlapi.train_projection, with plpy) ----------------------------
 
+def _columns(plpy, image_column, label_column):
+    """(image, label as text, the rows' WHERE) for the table's dynamic SQL."""
+    image = plpy.quote_ident(image_column)
+    where = f"{image} IS NOT NULL"
+    if label_column is None:
+        return image, "NULL::pg_catalog.text", where
+    label = f"{plpy.quote_ident(label_column)}::pg_catalog.text"
+    return image, label, f"{where} AND {label} IS NOT NULL"
+
+
 def _sample_query(plpy, rel, relkind, image_column, label_column, total):
     """The query reading at most MAX_ROWS rows (image, label) of the table: a repeatable
-    Bernoulli sample when it has more, so the same table gives the same model."""
-    image = plpy.quote_ident(image_column)
-    label = "NULL::pg_catalog.text" if label_column is None else \
-        f"{plpy.quote_ident(label_column)}::pg_catalog.text"
-    where = f"{image} IS NOT NULL"
-    if label_column is not None:
-        where += f" AND {plpy.quote_ident(label_column)} IS NOT NULL"
+    Bernoulli sample when it has more, so the same table gives the same model (a view or a
+    foreign table, which cannot be sampled, gives its first MAX_ROWS rows)."""
+    image, label, where = _columns(plpy, image_column, label_column)
     sample = ""
     if total > MAX_ROWS and relkind in ("r", "m", "p"):
         percent = min(100.0, 100.0 * MAX_ROWS * 1.2 / total)
@@ -289,13 +295,10 @@ def train_from_table(plpy, GD, source, name, tbl, image_column, label_column, di
         "SELECT pgvision._rel_name($1) AS rel, c.relkind::pg_catalog.text AS relkind "
         "FROM pg_catalog.pg_class c WHERE c.oid = $1", ["regclass"]), [tbl])[0]
     rel = info["rel"]
-    where = f"{plpy.quote_ident(image_column)} IS NOT NULL"
-    if label_column is not None:
-        where += f" AND {plpy.quote_ident(label_column)} IS NOT NULL"
+    _, label, where = _columns(plpy, image_column, label_column)
     try:
-        label = "NULL" if label_column is None else plpy.quote_ident(label_column)
-        counts = plpy.execute(f"SELECT pg_catalog.count(*) AS n, pg_catalog.count(DISTINCT {label}) AS classes "
-                              f"FROM {rel} WHERE {where}")[0]
+        counts = plpy.execute(f"SELECT pg_catalog.count(*) AS n, pg_catalog.count(DISTINCT {label}) "
+                              f"AS classes FROM {rel} WHERE {where}")[0]
     except plpy.SPIError as e:
         raise sqlapi._passed_on(e) from None
     # what fit would refuse, before an image is embedded
