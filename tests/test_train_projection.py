@@ -205,3 +205,36 @@ def test_fit_refuses(labels, dims, message):
     with pytest.raises(projection.PgvisionError) as e:
         projection.fit(np.random.default_rng(2).normal(size=(20, 5)), labels, dims)
     assert message in e.value.message and e.value.sqlstate == "22023"
+
+
+def test_an_image_that_does_not_decode_is_skipped_and_named(curator, admin, table):
+    admin.execute("INSERT INTO public.tp VALUES (-1, 'bag', 'not an image'::bytea, 1)")
+    curator.execute("SET client_min_messages = warning")
+    notices = []
+    curator.add_notice_handler(lambda d: notices.append(d.message_primary))
+    curator.execute("SELECT pgvision.train_projection(%s, 'tp_x', %s, 'image', dims => 8)",
+                    [SOURCE, table])
+    assert any("skipped" in n and "row" in n for n in notices), notices
+    assert admin.execute("SELECT dim FROM pgvision.models WHERE name = 'tp_x'").fetchone()[0] == 8
+
+
+class _Quoting:
+    """What _sample_query needs of plpy."""
+
+    @staticmethod
+    def quote_ident(name):
+        return '"' + name.replace('"', '""') + '"'
+
+
+def test_a_large_table_is_read_through_a_repeatable_sample(admin, table):
+    big = projection.MAX_ROWS * 10  # the table holds 150 rows: the sample takes about 18
+    query = projection._sample_query(_Quoting, "public.tp", "r", "image", "label", big)
+    assert "TABLESAMPLE BERNOULLI" in query and "REPEATABLE" in query
+    assert query.endswith(f"LIMIT {projection.MAX_ROWS}")
+    first = admin.execute(query).fetchall()
+    assert 0 < len(first) < 150 and first == admin.execute(query).fetchall()
+    # a view cannot be sampled: its first rows
+    view = projection._sample_query(_Quoting, "public.v", "v", "image", None, big)
+    assert "TABLESAMPLE" not in view
+    assert "TABLESAMPLE" not in projection._sample_query(_Quoting, "public.tp", "r", "image",
+                                                         None, projection.MAX_ROWS)
