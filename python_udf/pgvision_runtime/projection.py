@@ -243,7 +243,7 @@ def _embed_rows(plpy, GD, m, conf, cursor):
                     try:
                         out.append(m.embed_many([data], limits, check=check, release=False)[0])
                     except (errors.ImageError, errors.LimitError) as e:
-                        plpy.warning(f"pgvision.train_projection: row {row_no + j + 1} skipped: "
+                        plpy.warning(f"pgvision.train_projection: sampled row {row_no + j + 1} skipped: "
                                      f"{e.message}")
                         out.append(None)
             for r, f in zip(rows, out):
