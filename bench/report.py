@@ -27,7 +27,7 @@ with
     make bench
 
 (sets everything up, then runs `bench/inference.py`, `ingest.py`, `search.py`,
-`quality.py`, `memory.py`, `int8.py` and `shards.py` in turn, each on its own throwaway server under
+`quality.py`, `memory.py`, `int8.py`, `projection.py` and `shards.py` in turn, each on its own throwaway server under
 /var/tmp/pgvision-bench, and rebuilds this page), or one of them with
 `make bench BENCH=search`. Comparisons are measured in one run, the contenders alternating
 on the same images with the same thread count; the figures are medians, and ratios are
