@@ -173,7 +173,7 @@ def test_markers_are_parsed():
 def test_readme_sql_blocks_run_in_order(server, example_role, tmp_path):
     blocks = [b for b in readme_blocks() if b.section != SCALE_OUT]
     assert blocks and any(re.search(r"CREATE EXTENSION pgvision CASCADE", b.text) for b in blocks)
-    assert {b.role for b in blocks} <= {"postgres", APP_ROLE, EXAMPLE_ROLE}
+    assert {b.role for b in blocks} <= {"postgres", APP_ROLE, EXAMPLE_ROLE}, "as: names a role this test does not make"
     fresh_database(server, DB)
     outputs = run_blocks(server, DB, in_order(blocks), tmp_path)
 
@@ -188,8 +188,16 @@ def test_readme_sql_blocks_run_in_order(server, example_role, tmp_path):
     for line in first:
         row = next(r for r in outputs[line].splitlines() if re.match(r"^\s*\d+ \|", r))
         assert row.split("|")[0].strip() == "1", (line, outputs[line])  # the dog photo finds itself
-    lo = [line for line, t in by_text.items() if "\\lo_import" in t]
+    # create_index's example says which index its defaults build: the name it returned says so too
+    made = [(line, m) for line, t in by_text.items()
+            for m in [re.search(r"create_index\('images', 'feature'\);\s*-- (\w+), (\w+)", t)] if m]
+    assert made, "README: create_index's defaults example is gone"
+    for line, m in made:
+        name = re.search(r"^ (images_feature_\w+_idx)$", outputs[line], re.M).group(1)
+        assert f"_{m.group(1).lower()}_{m.group(2).lower()}_" in name, (line, m.group(0), name)
+    lo = [b for b in blocks if "\\lo_import" in b.text]
     assert lo, "README: the \\lo_import route is gone"
+    assert all(b.role != "postgres" for b in lo), "the \\lo_import route is for roles without superuser"
     with psycopg.connect(dsn(server, DB), autocommit=True) as c:
         assert c.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0] == 0  # \lo_unlink ran
 
