@@ -33,7 +33,6 @@ the line before a block (few on purpose; keep this list in step with README.md):
 """
 
 import dataclasses
-import pathlib
 import re
 import subprocess
 
