@@ -19,6 +19,8 @@ from conftest import APP_ROLE, dsn
 from data import PHOTOS, fashion_sample, photo
 
 SMALL = [png for _, _, png in fashion_sample(20)]  # 200 small PNGs, 20 per class
+# work that outlasts a 1 s timeout on a fast CPU too (200 thumbnails took under 1 s on one)
+LONG = SMALL * 10
 
 
 @pytest.fixture
@@ -78,10 +80,10 @@ def test_statement_timeout_stops_embed_batch(conn, report):
     conn.execute("SET statement_timeout = '1s'")
     start = time.monotonic()
     with pytest.raises(psycopg.errors.QueryCanceled) as info:
-        conn.execute("SELECT pgvision.embed_batch(%s)", [SMALL])
+        conn.execute("SELECT pgvision.embed_batch(%s)", [LONG])
     elapsed = time.monotonic() - start
     conn.execute("RESET statement_timeout")
-    report("statement_timeout 1s, embed_batch of 200 images",
+    report("statement_timeout 1s, embed_batch of 2,000 images",
            f"57014 after {elapsed:.2f} s ({(elapsed - 1) * 1000:.0f} ms past the timeout; "
            f"one model call of a batch takes {chunk * 1000:.0f} ms here)")
     assert info.value.sqlstate == "57014"
@@ -98,7 +100,7 @@ def test_pg_cancel_backend_stops_embed_batch(conn, admin, report):
 
     def run():
         try:
-            conn.execute("SELECT pgvision.embed_batch(%s)", [SMALL])
+            conn.execute("SELECT pgvision.embed_batch(%s)", [LONG])
             outcome["result"] = "finished"
         except psycopg.Error as e:
             outcome["error"] = e
@@ -118,7 +120,7 @@ def test_pg_cancel_backend_stops_embed_batch(conn, admin, report):
     assert not worker.is_alive()
     assert "error" in outcome, outcome
     latency = outcome["at"] - asked
-    report("pg_cancel_backend during embed_batch of 200 images",
+    report("pg_cancel_backend during embed_batch of 2,000 images",
            f"{outcome['error'].sqlstate} {latency * 1000:.0f} ms after the cancel "
            f"(one model call of a batch takes {chunk * 1000:.0f} ms here)")
     assert outcome["error"].sqlstate == "57014"
