@@ -23,7 +23,7 @@ RECOMMENDED = {
     "scalar subquery": """
         SELECT id, class, feature <=> (SELECT pgvision.embed($1)) AS distance
         FROM gp_images ORDER BY distance LIMIT 5""",
-    "scalar subquery, l2 (Getting started)": """
+    "scalar subquery, l2": """
         SELECT id, class, feature <-> (SELECT pgvision.embed($1)) AS distance
         FROM gp_images ORDER BY distance LIMIT 5""",
     "query_vector subquery": """
