@@ -65,10 +65,12 @@ def decode(data, background=(255, 255, 255), max_pixels=DEFAULT_MAX_PIXELS,
             # The first frame (of an animated GIF or WebP, a multi-page TIFF) is the current
             # one after open; asking for n_frames would walk the whole file to count them.
             budget = BYTES_PER_PIXEL * max_pixels + CONSTANT_BYTES if max_pixels else None
+            # counted at full size: a progressive JPEG keeps every DCT coefficient of the
+            # whole image even when it is decoded at a reduced scale
+            _check_budget(budget, width, height, _decode_bytes(img, data))
             if reduce_to and img.format == "JPEG":
                 img.draft(img.mode, (reduce_to, reduce_to))
                 width, height = img.size
-            _check_budget(budget, width, height, _decode_bytes(img, data))
             if img.format == "WEBP":
                 method = _orientation(img)
                 img = _webp_frame(img)
