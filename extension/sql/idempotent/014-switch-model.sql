@@ -14,6 +14,8 @@
 
 -- Sets the new column (TG_ARGV[1]) to pgvision.embed of the image column (TG_ARGV[0]) with
 -- the new model (TG_ARGV[2]) while the column it replaces (TG_ARGV[3]) is still searched.
+-- The body is _auto_embed's; it is a function of its own because the function is what tells
+-- a switch's trigger from pgvision_auto_embed (pg_trigger.tgfoid), and so is the state.
 CREATE OR REPLACE FUNCTION pgvision._switch_model_embed()
 RETURNS trigger
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
