@@ -321,6 +321,19 @@ def data_url(plpy, GD, image, size, fmt):
 
 
 @sql_errors
+def phash(plpy, GD, image):
+    """pgvision.phash: imagehash's DCT hash as bit(64) text, within the caller's image limits."""
+    from . import hashes
+    return hashes.phash(image, check=interrupt_check(plpy, GD), **_limits(settings(plpy, GD)))
+
+
+@sql_errors
+def dhash(plpy, GD, image):
+    from . import hashes
+    return hashes.dhash(image, check=interrupt_check(plpy, GD), **_limits(settings(plpy, GD)))
+
+
+@sql_errors
 def classify(plpy, GD, image, k, model_name):
     if k < 1:
         raise PgvisionError(f"k must be at least 1, not {k}", INVALID_PARAMETER_VALUE)
