@@ -212,6 +212,16 @@ def test_near_duplicates_are_near_and_different_photos_far():
         assert min(distances) == least, (fn.__name__, sorted(distances))
 
 
+def test_a_large_photo_at_the_pixel_limit():
+    """24 megapixels, with pgvision.max_pixels just enough: the grey copy and the resize
+    fit in decode's memory bound, and the bits are still imagehash's (no reduced decode)."""
+    big = encode(images.decode(DOG).resize((6000, 4000)), "JPEG", quality=90)
+    bits = hashes.phash(big, max_pixels=6000 * 4000)
+    assert hashes.to_hex(bits) == str(imagehash.phash(images.decode(big)))
+    assert hashes.dhash(big, max_pixels=6000 * 4000) == hashes.dhash(big)
+    assert hashes.hamming(bits, hashes.phash(DOG)) <= 2
+
+
 def test_limits_and_errors_are_decodes():
     with pytest.raises(images.LimitError):
         hashes.phash(DOG, max_pixels=10_000)
@@ -354,16 +364,22 @@ def test_hnsw_index_on_the_expression(hashed):
 
 
 def test_timing(conn, capsys):
-    """Not a test of speed: prints the median time of phash, dhash and embed of a photo."""
-    def median(sql, n=15):
-        conn.execute(sql, [DOG])
+    """Not a test of speed: prints the median time of phash, dhash and embed of a photo,
+    and of a 24-megapixel JPEG, which phash decodes at full size (embed at a reduced scale)."""
+    big = encode(images.decode(DOG).resize((6000, 4000)), "JPEG", quality=90)
+
+    def median(sql, data, n):
+        conn.execute(sql, [data])
         times = []
         for _ in range(n):
             start = time.perf_counter()
-            conn.execute(sql, [DOG]).fetchone()
+            conn.execute(sql, [data]).fetchone()
             times.append(time.perf_counter() - start)
         return statistics.median(times) * 1000
-    got = {fn: median(f"SELECT {fn}(%s) IS NULL") for fn in
-           ("pgvision.phash", "pgvision.dhash", "pgvision.embed")}
+    lines = []
+    for label, data, n in (("dog.jpg (768x576)", DOG, 15), ("6000x4000 JPEG", big, 3)):
+        got = {fn: median(f"SELECT {fn}(%s) IS NULL", data, n) for fn in
+               ("pgvision.phash", "pgvision.dhash", "pgvision.embed")}
+        lines.append(f"median ms on {label}: " + ", ".join(f"{k} {v:.1f}" for k, v in got.items()))
     with capsys.disabled():
-        print("\nmedian ms on dog.jpg (768x576): " + ", ".join(f"{k} {v:.1f}" for k, v in got.items()))
+        print("\n" + "\n".join(lines))
