@@ -16,6 +16,9 @@ packages=(
   "postgresql-plpython3-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR"
   build-essential dpkg-dev python3 python3-venv python3-dev
   dataset-fashion-mnist darknet
+  # photos and artwork of several sizes and shapes, for the copy and duplicate benchmarks
+  # and the mixed collection of the search benchmark (bench/mixed.py)
+  mate-backgrounds ukui-wallpapers lomiri-wallpapers-20.04 gnome-backgrounds sway-backgrounds
   chromium chromium-driver   # the browser test of `pgvision serve` (tests/test_web.py)
 )
 

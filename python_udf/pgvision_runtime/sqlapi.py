@@ -334,6 +334,16 @@ def dhash(plpy, GD, image):
 
 
 @sql_errors
+def copy_query(plpy, GD, image, model_name):
+    """pgvision._copy_query: the views of a query image (copies.query) as rows of
+    (view, penalty, feature as vector text, hash as bit text)."""
+    from . import copies
+    m, conf = model(plpy, GD, model_name)
+    return [(view, penalty, None if f is None else vector_text(f), bits)
+            for view, penalty, f, bits in copies.query(m, image, _limits(conf), check=interrupt_check(plpy, GD))]
+
+
+@sql_errors
 def classify(plpy, GD, image, k, model_name):
     if k < 1:
         raise PgvisionError(f"k must be at least 1, not {k}", INVALID_PARAMETER_VALUE)

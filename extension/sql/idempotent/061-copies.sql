@@ -1,0 +1,156 @@
+-- Copies: which stored images a query image is an edited copy of (a crop, a screenshot, a
+-- re-encoded, turned, framed or captioned copy). The query is searched for as several views
+-- (python_udf/pgvision_runtime/copies.py: as it is, turned back, without its border, its
+-- textured region, its centre) through the feature column's index, and, where the table has
+-- a perceptual hash column, as its hashes (as it is, mirrored, turned) through that
+-- column's index; the union of the candidates is scored exactly.
+-- Thresholds (the benchmark that chose them: bench/copies.py, BENCHMARKS.md section 8):
+--   score = max over views of (cosine similarity - the view's penalty)
+--           + 0.02 for each bit of hash distance under 18
+--   verdict exact: hash distance 0 and the full view's cosine similarity at least 0.99;
+--           near: hash distance at most 8; copy: score at least 0.9; else similar.
+
+CREATE OR REPLACE FUNCTION pgvision._copy_query(image bytea, model text)
+RETURNS TABLE (view text, penalty double precision, feature vector, hash bit(64))
+LANGUAGE plpython3u IMMUTABLE STRICT PARALLEL UNSAFE COST 100000 ROWS 12
+SET search_path = pg_catalog, pg_temp
+AS $python$
+@PREAMBLE@
+return pv.copy_query(plpy, GD, image, model)
+$python$;
+COMMENT ON FUNCTION pgvision._copy_query(bytea, text) IS
+'internal: the views of a query image pgvision.find_copies searches with: (view, penalty, feature) rows embedded with the model, then (''hash'', 0, NULL, phash) rows of the image as it is, mirrored and turned';
+
+-- The hash column find_copies reads: the named one, which must be bit(64); NULL when the
+-- default name is not a column of the table (find_copies then uses features alone).
+CREATE OR REPLACE FUNCTION pgvision._hash_column(tbl regclass, hash_column name, given boolean)
+RETURNS name
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _type text;
+BEGIN
+    IF hash_column IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO _type
+    FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = tbl AND a.attname = hash_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF _type IS NULL THEN
+        IF NOT given THEN
+            RETURN NULL;
+        END IF;
+        RAISE EXCEPTION 'column "%" of relation % does not exist', hash_column, tbl
+            USING ERRCODE = 'undefined_column',
+                  HINT = pg_catalog.format('add it: ALTER TABLE %s ADD COLUMN %I bit(64) GENERATED ALWAYS AS (pgvision.phash(image)) STORED',
+                                           tbl, hash_column);
+    ELSIF _type <> 'bit(64)' THEN
+        RAISE EXCEPTION 'column "%" of relation % is of type %, not bit(64)', hash_column, tbl, _type
+            USING ERRCODE = 'datatype_mismatch', HINT = 'it must hold pgvision.phash of the row''s image';
+    END IF;
+    RETURN hash_column;
+END
+$$;
+COMMENT ON FUNCTION pgvision._hash_column(regclass, name, boolean) IS
+'internal: checks the perceptual hash column pgvision.find_copies reads (bit(64)); NULL when it was not named and the default is not a column';
+
+CREATE OR REPLACE FUNCTION pgvision.find_copies(
+    tbl regclass, image bytea, k int DEFAULT 10, feature_column name DEFAULT 'feature',
+    hash_column name DEFAULT NULL, candidates int DEFAULT 40)
+RETURNS TABLE (rank int, id text, score double precision, verdict text, item jsonb)
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE COST 1000000 ROWS 10
+SET search_path = pg_catalog, pg_temp
+SET hnsw.iterative_scan = relaxed_order
+AS $$
+DECLARE
+    _vs text := pgvision._vector_schema();
+    _hash name;
+    _model text;
+    _features text[];
+    _penalties double precision[];
+    _hashes text[];
+    _key record;
+    _id text;
+    _item text;
+    _same text;
+    _ef int;
+    _session_ef text;
+    _q text;
+BEGIN
+    IF tbl IS NULL OR k IS NULL OR feature_column IS NULL OR candidates IS NULL THEN
+        RAISE EXCEPTION 'tbl, k, feature_column and candidates must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF k < 1 OR k > 1000 THEN
+        RAISE EXCEPTION 'k must be between 1 and 1000, not %', k USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF candidates < k OR candidates > 1000 THEN
+        RAISE EXCEPTION 'candidates must be between k (%) and 1000, not %', k, candidates
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'it is the number of rows each view of the query reads from an index';
+    END IF;
+    PERFORM pgvision._vector_column(tbl, feature_column);
+    _hash := pgvision._hash_column(tbl, coalesce(hash_column, 'phash'), hash_column IS NOT NULL);
+    IF image IS NULL THEN
+        RETURN;
+    END IF;
+    _model := pgvision._query_model(tbl, feature_column, NULL);
+    SELECT pg_catalog.array_agg(q.feature::pg_catalog.text ORDER BY q.n) FILTER (WHERE q.feature IS NOT NULL),
+           pg_catalog.array_agg(q.penalty ORDER BY q.n) FILTER (WHERE q.feature IS NOT NULL),
+           pg_catalog.array_agg(q.hash::pg_catalog.text ORDER BY q.n) FILTER (WHERE q.hash IS NOT NULL)
+    INTO _features, _penalties, _hashes
+    FROM pgvision._copy_query(image, _model) WITH ORDINALITY q (view, penalty, feature, hash, n);
+
+    -- Each view reads `candidates` rows from the index; an HNSW search keeps at least that
+    -- many (more when the session asks for more), and the session's value comes back after.
+    _ef := GREATEST(coalesce(pg_catalog.current_setting('hnsw.ef_search', true), '40')::int, 2 * candidates, 100);
+    _session_ef := pg_catalog.current_setting('hnsw.ef_search', true);
+    PERFORM pg_catalog.set_config('hnsw.ef_search', LEAST(_ef, 1000)::text, true);
+
+    _key := pgvision._row_key(tbl);
+    _id := CASE WHEN _key.columns IS NULL THEN 'NULL::pg_catalog.text'
+                WHEN pg_catalog.cardinality(_key.columns) = 1 THEN pg_catalog.format('t.%I::pg_catalog.text', _key.columns[1])
+                ELSE 'ROW(' || (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', c), ', ')
+                                FROM pg_catalog.unnest(_key.columns) c) || ')::pg_catalog.text' END;
+    -- the same row found by two views: by its key, or where there is none by where it lies
+    _same := CASE WHEN _key.columns IS NULL THEN 'ROW(t.tableoid, t.ctid)::pg_catalog.text' ELSE _id END;
+    _item := coalesce((SELECT '(SELECT pg_catalog.to_jsonb(r) FROM (SELECT '
+                              || pg_catalog.string_agg(pg_catalog.format('t.%I', u.c), ', ' ORDER BY u.i) || ') r)'
+                       FROM pg_catalog.unnest(pgvision._plain_columns(tbl)) WITH ORDINALITY u (c, i)),
+                      '''{}''::pg_catalog.jsonb');
+
+    _q := 'WITH v AS (SELECT u.f::' || pg_catalog.quote_ident(_vs) || '.vector AS f, u.p, u.n'
+          || ' FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.float8[])) WITH ORDINALITY u (f, p, n)),'
+          || ' h AS (SELECT x::pg_catalog.bit(64) AS h FROM pg_catalog.unnest($3::pg_catalog.text[]) x),'
+          || ' c AS MATERIALIZED ('
+          || pg_catalog.format('SELECT n.* FROM v CROSS JOIN LATERAL (SELECT %s AS same, %s AS id, %s AS item, t.%I AS f, %s AS h'
+                               ' FROM %s AS t WHERE t.%I IS NOT NULL ORDER BY t.%I OPERATOR(%I.<=>) v.f LIMIT $4) n',
+                               _same, _id, _item, feature_column,
+                               CASE WHEN _hash IS NULL THEN 'NULL::pg_catalog.bit(64)' ELSE pg_catalog.format('t.%I', _hash) END,
+                               tbl, feature_column, feature_column, _vs)
+          || CASE WHEN _hash IS NULL THEN '' ELSE
+                 pg_catalog.format(' UNION ALL SELECT n.* FROM h CROSS JOIN LATERAL (SELECT %s AS same, %s AS id, %s AS item, t.%I AS f, t.%I AS h'
+                                   ' FROM %s AS t WHERE t.%I IS NOT NULL AND t.%I IS NOT NULL ORDER BY t.%I OPERATOR(%I.<~>) h.h LIMIT $4) n',
+                                   _same, _id, _item, feature_column, _hash, tbl, _hash, feature_column, _hash, _vs) END
+          || '),'
+          || ' s AS (SELECT DISTINCT ON (c.same) c.* FROM c),'
+          || pg_catalog.format(
+             ' r AS (SELECT s.id, s.item,'
+             ' (SELECT pg_catalog.max(1 OPERATOR(pg_catalog.-) (s.f OPERATOR(%1$I.<=>) v.f) OPERATOR(pg_catalog.-) v.p) FROM v) AS fs,'
+             ' (SELECT 1 OPERATOR(pg_catalog.-) (s.f OPERATOR(%1$I.<=>) v.f) FROM v WHERE v.n OPERATOR(pg_catalog.=) 1) AS full_sim,'
+             ' (SELECT pg_catalog.min(s.h OPERATOR(%1$I.<~>) h.h) FROM h) AS bits FROM s),', _vs)
+          -- (OPERATOR() has one precedence for all: the parentheses say what binds first)
+          || ' x AS (SELECT r.*, r.fs OPERATOR(pg_catalog.+) (0.02::pg_catalog.float8 OPERATOR(pg_catalog.*)'
+          || ' GREATEST(0::pg_catalog.float8, 18::pg_catalog.float8 OPERATOR(pg_catalog.-) coalesce(r.bits, 18::pg_catalog.float8))) AS score FROM r)'
+          || ' SELECT (pg_catalog.row_number() OVER (ORDER BY x.score DESC))::pg_catalog.int4, x.id, x.score,'
+          || ' CASE WHEN x.bits OPERATOR(pg_catalog.=) 0::pg_catalog.float8 AND x.full_sim OPERATOR(pg_catalog.>=) 0.99::pg_catalog.float8 THEN ''exact'''
+          || ' WHEN x.bits OPERATOR(pg_catalog.<=) 8::pg_catalog.float8 THEN ''near'''
+          || ' WHEN x.score OPERATOR(pg_catalog.>=) 0.9::pg_catalog.float8 THEN ''copy'' ELSE ''similar'' END, x.item'
+          || ' FROM x ORDER BY x.score DESC LIMIT $5';
+    RETURN QUERY EXECUTE _q USING _features, _penalties, _hashes, candidates, k;
+    IF _session_ef IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('hnsw.ef_search', _session_ef, true);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION pgvision.find_copies(regclass, bytea, int, name, name, int) IS
+'the rows whose image the query image is an edited copy of (re-encoded, resized, cropped, mirrored, turned, grey, recoloured, blurred, framed, captioned, in a screenshot), best first: score is the best cosine similarity of a view of the query (as it is, turned back a quarter, a half or three quarters, without its border, its textured region, its centre), less the view''s penalty, plus 0.02 per bit of perceptual hash distance under 18 where the table has a hash column (hash_column, default phash if there is one: bit(64), e.g. GENERATED ALWAYS AS (pgvision.phash(image)) STORED, with an hnsw bit_hamming_ops index); verdict: exact (hash distance 0, full view similarity at least 0.99), near (hash distance at most 8), copy (score at least 0.9), else similar. Each of the 7 views and 5 hashes reads candidates rows through its index; the query image is embedded once per view with the column''s model. id and item as in pgvision.search';

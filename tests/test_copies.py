@@ -1,0 +1,126 @@
+"""pgvision.find_copies: the original of an edited copy, among look-alikes, as an ordinary role."""
+
+import io
+import pathlib
+import sys
+
+import psycopg
+import pytest
+from PIL import Image
+
+from data import PHOTOS, Fashion, photo
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+import mixed  # noqa: E402  (the edits the benchmark measures)
+
+EDITS = ["jpeg q15", "crop 80% centre", "mirror", "grey", "brightness/contrast", "blur r3",
+         "downscale 1/3", "rotate 90", "screenshot", "border", "caption + sticker", "perspective"]
+
+
+@pytest.fixture(scope="module")
+def gallery(server):
+    """The darknet photos, cut-outs of them and 150 Fashion-MNIST thumbnails, with features,
+    hashes and both indexes, in a table of app's."""
+    from conftest import APP_ROLE, dsn
+
+    with psycopg.connect(dsn(server, user=APP_ROLE), autocommit=True) as c:
+        c.execute("DROP TABLE IF EXISTS gallery")
+        c.execute("CREATE TABLE gallery (id int PRIMARY KEY, name text, image bytea, feature vector(1280),"
+                  " phash bit(64) GENERATED ALWAYS AS (pgvision.phash(image)) STORED)")
+        rows = [(n, photo(n)) for n in PHOTOS]
+        for n in PHOTOS:  # look-alikes: the left and right halves of every photo
+            img = Image.open(io.BytesIO(photo(n))).convert("RGB")
+            w, h = img.size
+            for side, box in (("left", (0, 0, w // 2, h)), ("right", (w // 2, 0, w, h))):
+                rows.append((f"{n}-{side}", mixed.jpeg(img.crop(box))))
+        fashion = Fashion("test")
+        rows += [(f"fashion-{i}", fashion.png(i)) for i in fashion.balanced(15)]
+        with c.cursor() as cur:
+            cur.executemany("INSERT INTO gallery (id, name, image) VALUES (%s, %s, %s)",
+                            [(i, n, d) for i, (n, d) in enumerate(rows)])
+        c.execute("UPDATE gallery SET feature = pgvision.embed(image)")
+        c.execute("SELECT pgvision.create_index('gallery', 'feature')")
+        c.execute("CREATE INDEX ON gallery USING hnsw (phash bit_hamming_ops)")
+    return "gallery"
+
+
+def copies(conn, image, *args, **kwargs):
+    named = "".join(f", {k} => %s" for k in kwargs)
+    positional = "".join(", %s" for _ in args)
+    return conn.execute(f"SELECT rank, id, score, verdict, item FROM pgvision.find_copies('gallery', %s{positional}{named})",
+                        [image, *args, *kwargs.values()]).fetchall()
+
+
+@pytest.mark.parametrize("edit", EDITS)
+@pytest.mark.parametrize("name", ["dog", "eagle", "horses", "person"])
+def test_the_original_of_an_edited_copy_comes_first(conn, gallery, name, edit):
+    query = mixed.edited(name, photo(name), edit)
+    rows = copies(conn, query, 5)
+    assert rows[0][4]["name"] == name, [(r[4]["name"], round(r[2], 3), r[3]) for r in rows]
+    assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
+    assert all(a[2] >= b[2] for a, b in zip(rows, rows[1:]))
+
+
+def test_verdicts(conn, gallery):
+    exact = copies(conn, photo("dog"), 3)
+    assert (exact[0][4]["name"], exact[0][3]) == ("dog", "exact")
+    assert exact[0][1] == str(PHOTOS.index("dog"))
+    near = copies(conn, mixed.edited("dog", photo("dog"), "jpeg q15"), 3)
+    assert (near[0][4]["name"], near[0][3]) == ("dog", "near")
+    # a photo that is not in the table: its nearest rows are look-alikes at best
+    other = Image.open(io.BytesIO(photo("giraffe"))).convert("RGB")
+    unrelated = mixed.jpeg(other.transpose(Image.Transpose.FLIP_TOP_BOTTOM).crop((0, 0, 300, 200)))
+    assert all(r[3] == "similar" for r in copies(conn, unrelated, 5) if not r[4]["name"].startswith("giraffe"))
+    # item leaves the image, the feature and (as a bit string, not bytea) keeps the hash
+    assert set(exact[0][4]) == {"id", "name", "phash"}
+
+
+def test_features_alone_without_a_hash_column(conn, gallery):
+    conn.execute("DROP TABLE IF EXISTS nohash")
+    conn.execute("CREATE TABLE nohash AS SELECT id, name, image, feature FROM gallery")
+    query = mixed.edited("eagle", photo("eagle"), "rotate 90")
+    rows = conn.execute("SELECT id, verdict FROM pgvision.find_copies('nohash', %s, 3)", [query]).fetchall()
+    # no primary key: id is NULL, rows found by several views still come once
+    assert len(rows) == 3 and all(r[0] is None for r in rows)
+    assert all(r[1] in ("copy", "similar") for r in rows)
+    with pytest.raises(psycopg.errors.UndefinedColumn) as e:
+        conn.execute("SELECT * FROM pgvision.find_copies('nohash', %s, hash_column => 'phash')", [query])
+    assert "GENERATED ALWAYS AS (pgvision.phash(image))" in e.value.diag.message_hint
+
+
+def test_bad_arguments(conn, gallery):
+    dog = photo("dog")
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        copies(conn, dog, 0)
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        copies(conn, dog, 10, candidates=5)
+    with pytest.raises(psycopg.errors.DatatypeMismatch):
+        copies(conn, dog, hash_column="name")
+    with pytest.raises(psycopg.errors.UndefinedColumn):
+        copies(conn, dog, feature_column="nope")
+    with pytest.raises(psycopg.errors.InvalidBinaryRepresentation):
+        copies(conn, b"not an image")
+    with pytest.raises(psycopg.errors.NullValueNotAllowed):
+        conn.execute("SELECT * FROM pgvision.find_copies(NULL, %s)", [dog])
+    assert copies(conn, None) == []
+
+
+def test_the_caller_needs_select_on_the_table(conn, gallery, admin):
+    admin.execute("DROP ROLE IF EXISTS copies_reader")
+    admin.execute("CREATE ROLE copies_reader")
+    try:
+        admin.execute("GRANT copies_reader TO app")
+        with conn.transaction():
+            conn.execute("SET LOCAL ROLE copies_reader")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                copies(conn, photo("dog"))
+    finally:
+        admin.execute("DROP OWNED BY copies_reader")
+        admin.execute("DROP ROLE copies_reader")
+
+
+def test_the_session_keeps_its_ef_search(conn, gallery):
+    with conn.transaction():
+        conn.execute("SET LOCAL hnsw.ef_search = 60")
+        copies(conn, photo("dog"))
+        assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "60"
