@@ -344,6 +344,14 @@ def copy_query(plpy, GD, image, model_name):
 
 
 @sql_errors
+def duplicate_groups(plpy, GD, a, b, verdicts, distances):
+    """pgvision._duplicate_groups: the groups of find_duplicates' links."""
+    from . import duplicates
+    return duplicates.groups(list(zip(a or [], b or [], verdicts or [], distances or [])),
+                             check=interrupt_check(plpy, GD))
+
+
+@sql_errors
 def classify(plpy, GD, image, k, model_name):
     if k < 1:
         raise PgvisionError(f"k must be at least 1, not {k}", INVALID_PARAMETER_VALUE)
