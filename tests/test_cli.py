@@ -153,6 +153,32 @@ def test_search_returns_the_query_first_and_writes_html(server, folder, loaded, 
     assert len(re.findall(r'<img src="data:image/jpeg;base64,[A-Za-z0-9+/=]+"', page)) == 4  # query + 3
 
 
+def test_duplicates_prints_groups_and_writes_html(server, tmp_path):
+    from PIL import Image
+    folder = tmp_path / "library"
+    folder.mkdir()
+    eagle = Image.open(DARKNET / "eagle.jpg")
+    shutil.copy(DARKNET / "eagle.jpg", folder / "eagle.jpg")
+    eagle.save(folder / "eagle.png")                        # the same pixels, other bytes
+    shutil.copy(DARKNET / "giraffe.jpg", folder / "giraffe.jpg")
+    Image.open(DARKNET / "dog.jpg").save(folder / "dog.jpg")
+    done = cli("load", folder, "--table", "cli_library", "--class-from", "none", server=server)
+    assert done.returncode == 0, done.stderr
+    html = tmp_path / "groups.html"
+    done = cli("duplicates", "--table", "cli_library", "--html", html, server=server)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["group", "id", "verdict", "distance", "path"]
+    groups = [line.split() for line in lines[2:] if re.match(r"\d+\s", line)]
+    assert sorted(pathlib.Path(g[4]).name for g in groups) == ["eagle.jpg", "eagle.png"]
+    assert {g[0] for g in groups} == {"1"} and {g[2] for g in groups} == {"exact"}
+    page = html.read_text()
+    assert "group 1 (2 images)" in page
+    assert len(re.findall(r'<img src="data:image/jpeg;base64,[A-Za-z0-9+/=]+"', page)) == 2
+    done = cli("duplicates", "--table", "nope", server=server)
+    assert done.returncode == 1 and "does not exist" in done.stderr
+
+
 @pytest.mark.parametrize("metric", ["cosine", "ip"])
 def test_search_metrics_and_where(server, folder, loaded, metric):
     done = cli("search", folder / "eagle" / "eagle.jpg", "--table", "cli_images", "--metric", metric,

@@ -1,4 +1,4 @@
-"""The `pgvision` command: load, search, serve, demo."""
+"""The `pgvision` command: load, search, duplicates, serve, demo."""
 
 import argparse
 import pathlib
@@ -48,6 +48,19 @@ nearer for all three; without --metric, the one the feature column's index was b
 it runs with search_path pg_catalog, so qualify your own functions.
 
 exit status: 0 results printed (possibly none), 1 an error, 2 invalid arguments.
+
+{CONNECTION_HELP}"""
+
+DUPLICATES_EPILOG = f"""\
+The groups are pgvision.find_duplicates: rows with the same bytes or pixels (exact), the
+same picture re-encoded or resized (near: perceptual hash distance at most --near-bits,
+which needs a bit(64) column phash, e.g. ALTER TABLE T ADD COLUMN phash bit(64) GENERATED
+ALWAYS AS (pgvision.phash(image)) STORED, with an hnsw bit_hamming_ops index), and
+look-alikes (similar: cosine distance of the features at most --similar-distance). The
+table needs a primary key and the feature column; tables made by `pgvision load` have them.
+--html writes a contact sheet of the groups (the image column is read for it).
+
+exit status: 0 groups printed (possibly none), 1 an error, 2 invalid arguments.
 
 {CONNECTION_HELP}"""
 
@@ -128,6 +141,15 @@ def parser():
     sp.add_argument("--model", help=f"model in pgvision.models (default: the table's, else {db.DEFAULT_MODEL})")
     sp.add_argument("--html", metavar="FILE", help="also write a self-contained HTML contact sheet")
 
+    up = sub.add_parser("duplicates", parents=[conn], formatter_class=fmt, epilog=DUPLICATES_EPILOG,
+                        help="groups of duplicate images in a table",
+                        description="Find the groups of exact copies, near copies and look-alikes in a table.")
+    up.add_argument("--table", required=True, help="table name, optionally SCHEMA.TABLE")
+    up.add_argument("--near-bits", type=int, default=8, help="hash distance of near copies, 0-64 (default: %(default)s)")
+    up.add_argument("--similar-distance", type=float, default=0.05,
+                    help="cosine distance of look-alikes (default: %(default)s)")
+    up.add_argument("--html", metavar="FILE", help="also write a self-contained HTML contact sheet of the groups")
+
     wp = sub.add_parser("serve", parents=[conn], formatter_class=fmt, epilog=SERVE_EPILOG,
                         help="serve a search page over a table of images",
                         description="Serve a web page that searches a table by an uploaded image, and the table's images as thumbnails.")
@@ -183,6 +205,17 @@ def run_search(args):
     return EXIT_OK
 
 
+def run_duplicates(args):
+    from . import duplicates
+    with db.connect(args.dsn) as conn:
+        rows = duplicates.find(conn, args.table, args.near_bits, args.similar_distance)
+        print(duplicates.format_table(rows) if rows else "no duplicates")
+        if args.html:
+            pathlib.Path(args.html).write_text(duplicates.contact_sheet(conn, args.table, rows), encoding="utf-8")
+            print(f"contact sheet: {args.html}")
+    return EXIT_OK
+
+
 def run_serve(args):
     from . import web
     return web.serve(args.dsn, args.table, args.host, args.port, args.feature_column, args.image_column)
@@ -196,7 +229,7 @@ def run_demo(args):
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        return {"load": run_load, "search": run_search, "serve": run_serve,
+        return {"load": run_load, "search": run_search, "duplicates": run_duplicates, "serve": run_serve,
                 "demo": run_demo}[args.command](args)
     except UserError as e:
         print(f"pgvision: error: {e}", file=sys.stderr)

@@ -98,8 +98,9 @@ def _cell(thumb, lines):
     return f'<figure>{img}<figcaption>{text}</figcaption></figure>'
 
 
-def contact_sheet(sections, title="pgvision search"):
-    """A self-contained HTML page; each section is (heading, query name, query bytes, rows, images)."""
+def page(title, sections):
+    """A self-contained HTML page of sections (heading, [figure HTML]), the first figure of
+    a section framed when it is the query."""
     e = html.escape
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
@@ -109,13 +110,26 @@ def contact_sheet(sections, title="pgvision search"):
         "figure img{max-width:160px;max-height:160px;border:1px solid #ccc}"
         "figure.query img{border:3px solid #c33}.missing{width:160px;height:60px;background:#eee}"
         "</style></head><body>", f"<h1>{e(title)}</h1>"]
-    for heading, query_name, query_bytes, rows, images in sections:
+    for heading, figures in sections:
         parts.append(f"<section><h2>{e(heading)}</h2><div class=\"row\">")
-        parts.append(_cell(thumbnail(query_bytes), ["query", query_name]).replace("<figure>", '<figure class="query">', 1))
-        for n, r in enumerate(rows, 1):
-            name = r["path"].rsplit("/", 1)[-1] if r["path"] else f"id {r['id']}"
-            parts.append(_cell(thumbnail(images.get(r["id"])),
-                               [f"{n}. {name}", r["class"] or "", f"distance {r['distance']:.4f}"]))
+        parts.extend(figures)
         parts.append("</div></section>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def row_name(row):
+    """What a contact sheet calls a row: its file name, else its id."""
+    return row["path"].rsplit("/", 1)[-1] if row.get("path") else f"id {row['id']}"
+
+
+def contact_sheet(sections, title="pgvision search"):
+    """A self-contained HTML page; each section is (heading, query name, query bytes, rows, images)."""
+    out = []
+    for heading, query_name, query_bytes, rows, images in sections:
+        figures = [_cell(thumbnail(query_bytes), ["query", query_name]).replace("<figure>", '<figure class="query">', 1)]
+        figures += [_cell(thumbnail(images.get(r["id"])),
+                          [f"{n}. {row_name(r)}", r["class"] or "", f"distance {r['distance']:.4f}"])
+                    for n, r in enumerate(rows, 1)]
+        out.append((heading, figures))
+    return page(title, out)

@@ -77,7 +77,8 @@ BEGIN
                 ELSE 'ROW(' || (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', c), ', ')
                                 FROM pg_catalog.unnest(_key.columns) c) || ')::pg_catalog.text' END;
 
-    -- A link's verdict: exact when hashes and features are equal (the same pixels), near
+    -- A link's verdict: exact when features (and hashes, where there are) are equal: the
+    -- same pixels; near
     -- within near_bits and near_distance, else similar; its distance is that of its tier
     -- (0, hash bits, cosine distance).
     _links := pg_catalog.format(
@@ -99,7 +100,8 @@ BEGIN
             _id, feature_column, _hash, tbl, _vs);
     END IF;
     _links := _links || '), l AS (SELECT n.a, n.b,'
-        ' CASE WHEN n.bits OPERATOR(pg_catalog.=) 0::pg_catalog.float8 AND n.fd OPERATOR(pg_catalog.<=) 1e-6::pg_catalog.float8 THEN ''exact'''
+        ' CASE WHEN coalesce(n.bits, 0::pg_catalog.float8) OPERATOR(pg_catalog.=) 0::pg_catalog.float8'
+        '  AND n.fd OPERATOR(pg_catalog.<=) 1e-6::pg_catalog.float8 THEN ''exact'''
         ' WHEN n.bits OPERATOR(pg_catalog.<=) $3 AND n.fd OPERATOR(pg_catalog.<=) $4 THEN ''near'' ELSE ''similar'' END AS verdict,'
         ' n.fd, n.bits FROM n WHERE n.a OPERATOR(pg_catalog.<>) n.b'
         '  AND (n.fd OPERATOR(pg_catalog.<=) $2 OR (n.bits OPERATOR(pg_catalog.<=) $3 AND n.fd OPERATOR(pg_catalog.<=) $4)))'
@@ -120,4 +122,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision.find_duplicates(regclass, name, name, name, int, double precision, double precision, int) IS
-'the groups of rows that show the same picture or nearly (rows without a duplicate are left out), by index, not all pairs: each row''s neighbours nearest rows by feature (cosine) and by perceptual hash (hash_column, default phash if the table has one: bit(64) of pgvision.phash, hnsw bit_hamming_ops index), and the rows with the same bytes (image_column, default image if it is bytea). verdict is the strongest link of the row: exact (the same bytes, or equal hash and feature: the same pixels; distance 0), near (hash distance at most near_bits with a cosine distance at most near_distance: the same picture re-encoded or resized; distance in bits), similar (cosine distance at most similar_distance; distance the cosine distance). Groups are the connected rows (so a chain of similar rows makes one group), numbered from their first row in key order. Needs a primary key; runs as the caller';
+'the groups of rows that show the same picture or nearly (rows without a duplicate are left out), by index, not all pairs: each row''s neighbours nearest rows by feature (cosine) and by perceptual hash (hash_column, default phash if the table has one: bit(64) of pgvision.phash, hnsw bit_hamming_ops index), and the rows with the same bytes (image_column, default image if it is bytea). verdict is the strongest link of the row: exact (the same bytes, or equal features and hashes: the same pixels; distance 0), near (hash distance at most near_bits with a cosine distance at most near_distance: the same picture re-encoded or resized; distance in bits), similar (cosine distance at most similar_distance; distance the cosine distance). Groups are the connected rows (so a chain of similar rows makes one group), numbered from their first row in key order. Needs a primary key; runs as the caller';
