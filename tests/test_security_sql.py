@@ -29,7 +29,9 @@ OPERATORS = (
        ("-", "timestamptz", "timestamptz", "interval"), ("-", "float8", "float8", "float8"),
        ("-", None, "float8", "float8"), ("+", "int4", "int4", "int4"), ("+", "int8", "int8", "int8"),
        ("*", "int8", "int8", "int8"), ("/", "int8", "int8", "int8"), ("/", "float8", "float8", "float8"),
-       ("->>", "jsonb", "text", "text"), ("?", "jsonb", "text", "bool"), ("<@", "anyarray", "anyarray", "bool")]
+       ("->>", "jsonb", "text", "text"), ("?", "jsonb", "text", "bool"), ("<@", "anyarray", "anyarray", "bool"),
+       ("+", "float8", "float8", "float8"), ("*", "float8", "float8", "float8"),
+       ("<~>", "bit", "bit", "float8")]
 )
 # (name, argument types, result): functions that shadow pg_catalog's when called unqualified
 FUNCTIONS = [
@@ -42,10 +44,12 @@ FUNCTIONS = [
     ("to_jsonb", ["text"], "jsonb"), ("pg_backend_pid", [], "int4"), ("clock_timestamp", [], "timestamptz"),
     ("has_column_privilege", ["regclass", "text", "text"], "bool"),
     ("has_table_privilege", ["regclass", "text"], "bool"),
+    ("sha256", ["bytea"], "bytea"), ("unnest", ["float8[]"], "SETOF float8"),
 ]
 # aggregates: (name, argument type, state type)
 AGGREGATES = [("count", "*", "int8"), ("array_agg", "text", "text[]"), ("array_agg", "bytea", "bytea[]"),
-              ("min", "text", "text"), ("max", "int4", "int4"), ("string_agg", "text, text", "text")]
+              ("min", "text", "text"), ("max", "int4", "int4"), ("string_agg", "text, text", "text"),
+              ("max", "float8", "float8"), ("min", "float8", "float8"), ("array_agg", "float8", "float8[]")]
 # types (domains over the real ones, whose CHECK runs the trojan)
 TYPES = ["text", "varchar", "int8", "int4", "float8", "bytea", "name", "regclass", "bool", "jsonb",
          "numeric", "timestamptz", "interval", "vector", "halfvec", "citext"]
@@ -58,7 +62,7 @@ def plant(c):
     for i, (op, left, right, result) in enumerate(OPERATORS):
         args = (f"a {left}, " if left else "") + f"b {right}"
         real = (f"a OPERATOR(pg_catalog.{op}) b" if left else f"OPERATOR(pg_catalog.{op}) b")
-        if op in ("<->", "<=>", "<#>"):
+        if op in ("<->", "<=>", "<#>", "<~>"):
             real = f"a OPERATOR(ext.{op}) b"
         if left == "anyarray":
             args, result = "a anyarray, b anyarray", "bool"
@@ -122,6 +126,14 @@ def trojans(server):
                   " album int)")
         c.execute("CREATE TABLE public.t_shard (id bigint NOT NULL, image bytea, feature ext.vector(1280))"
                   " PARTITION BY HASH (id)")
+        # find_copies and find_duplicates read a hash column too; a copy of the first image
+        # makes an exact duplicate
+        c.execute("CREATE TABLE public.t_hash (id text PRIMARY KEY, image bytea, feature ext.vector(1280),"
+                  " phash bit(64))")
+        with c.cursor() as cur:
+            cur.executemany("INSERT INTO public.t_hash VALUES (%s, %s, pgvision.embed(%s), pgvision.phash(%s))",
+                            [(str(i), img, img, img) for i, img in enumerate(IMAGES + IMAGES[:1])])
+        c.execute("CREATE INDEX ON public.t_hash USING hnsw (phash ext.bit_hamming_ops)")
     with psycopg.connect(dsn(server, TROJAN_DB, user=MALLORY), autocommit=True) as c:
         plant(c)
     yield server
@@ -176,6 +188,12 @@ TROJAN_CASES = [
     ("search_like text", "SELECT * FROM pgvision.search_like('public.t_text', '1', k => 2, metric => 'ip', min_similarity => -100)"),
     ("search_like varchar", "SELECT * FROM pgvision.search_like('public.t_varchar', '2', group_by => 'note', expand => 2)"),
     ("search_like citext", "SELECT * FROM pgvision.search_like('public.t_citext', '3', filter => 'note IS NULL')"),
+    ("search_vector", "SELECT * FROM pgvision.search_vector('public.t_bigint', (SELECT feature FROM public.t_bigint WHERE id = 1), k => 2, metric => 'l2')"),
+    ("find_copies", "SELECT * FROM pgvision.find_copies('public.t_hash', %(img)s, k => 3)"),
+    ("find_copies without hashes", "SELECT * FROM pgvision.find_copies('public.t_bigint', %(img)s, k => 3)"),
+    ("find_duplicates", "SELECT * FROM pgvision.find_duplicates('public.t_hash')"),
+    ("find_duplicates varchar key", "SELECT * FROM pgvision.find_duplicates('public.t_varchar', similar_distance => 0.5)"),
+    ("phash thumbnail data_url", "SELECT pgvision.phash(%(img)s), pgvision.dhash(%(img)s), pgvision.thumbnail(%(img)s), pgvision.data_url(%(img)s, 64)"),
     ("create_sharded_table", "SELECT * FROM pgvision.create_sharded_table('public.t_shard')"),
     ("embed_shards", "SELECT * FROM pgvision.embed_shards('public.t_shard', 'image', 'feature')"),
     ("shard_backfill_progress", "SELECT * FROM pgvision.shard_backfill_progress('public.t_shard')"),
