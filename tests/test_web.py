@@ -249,3 +249,30 @@ def test_a_table_it_cannot_serve_is_an_error_not_a_traceback(server, table):
         conn.execute("CREATE TABLE web_private (id int PRIMARY KEY, image bytea, feature vector(3))")
     done = client("serve", "--table", "web_private", "--port", "0", "--dsn", dsn(server, user=READER), timeout=60)
     assert done.returncode == 1 and "may not read table web_private" in done.stderr
+
+
+def test_duplicates_page_shows_each_group_with_its_verdicts(app, browser, server, table):
+    """Runs last: it adds copies of the dog to the table."""
+    with psycopg.connect(dsn(server), autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {TABLE} (path, sha256, class, image, feature)"
+                     f" SELECT path || '.copy', sha256, class, image, feature FROM {TABLE} WHERE id = %s",
+                     [int(table["dog"])])
+        conn.execute(f"INSERT INTO {TABLE} (path, sha256, class, image)"
+                     f" SELECT path || '.small.jpg', 'resized', class, pgvision.thumbnail(image, 300) FROM {TABLE} WHERE id = %s",
+                     [int(table["dog"])])
+        conn.execute(f"UPDATE {TABLE} SET feature = pgvision.embed(image) WHERE feature IS NULL")
+    browser.get(app + f"duplicates/{TABLE}")
+    groups = browser.find_elements(By.CSS_SELECTOR, "section.group")
+    assert len(groups) == 1
+    figures = groups[0].find_elements(By.CSS_SELECTOR, "figure.result")
+    verdicts = sorted(f.get_attribute("data-verdict") for f in figures)
+    # the same bytes twice; the 300-pixel thumbnail a look-alike (no hash column in the table)
+    assert verdicts == ["exact", "exact", "similar"]
+    assert table["dog"] in {f.get_attribute("data-id") for f in figures}
+    WebDriverWait(browser, 30).until(lambda d: images_loaded(d) == 0)
+    status, _, body = request(app + f"duplicates/{TABLE}?near_bits=lots")
+    assert status == 400 and b"near_bits must be a whole number" in body
+    status, _, body = request(app + f"duplicates/{TABLE}?similar_distance=5")
+    assert status == 400 and b"cosine distances" in body
+    status, _, body = request(app + "duplicates/no_such_table")
+    assert status == 404

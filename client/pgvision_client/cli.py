@@ -67,7 +67,8 @@ exit status: 0 groups printed (possibly none), 1 an error, 2 invalid arguments.
 SERVE_EPILOG = f"""\
 Pages: / the search form (an image file, k, an optional filter column = value), its results
 as thumbnails with distances (pgvision.search; a click searches like that row,
-pgvision.search_like), and /image/TABLE/KEY?size=N: the row's image as a JPEG thumbnail of
+pgvision.search_like), /duplicates/TABLE: the groups of pgvision.find_duplicates (within
+60 seconds), and /image/TABLE/KEY?size=N: the row's image as a JPEG thumbnail of
 at most N pixels (default 128; pgvision.thumbnail), for <img> tags and BI tools. KEY is the
 primary key's value (the id pgvision.search returns).
 

@@ -2,11 +2,13 @@
 
 Pages: ``/`` the search form (an image file, k, an optional ``column = value`` filter),
 ``POST /search`` the nearest rows to the uploaded image (pgvision.search), ``/like/T/KEY``
-the nearest rows to a stored row (pgvision.search_like), ``/image/T/KEY?size=N`` a row's
-image as a JPEG thumbnail (pgvision.thumbnail), for <img> tags and BI tools.
+the nearest rows to a stored row (pgvision.search_like), ``/duplicates/T`` the groups of
+copies and look-alikes in a table (pgvision.find_duplicates), ``/image/T/KEY?size=N`` a
+row's image as a JPEG thumbnail (pgvision.thumbnail), for <img> tags and BI tools.
 
 What it runs: the catalog look-ups of the served tables at start, then only
-pgvision.search, pgvision.search_like and pgvision.thumbnail on a row found by its primary
+pgvision.search, pgvision.search_like, pgvision.find_duplicates (within DUPLICATES_TIMEOUT)
+and pgvision.thumbnail on a row found by its primary
 key, as the connecting role: SELECT on the table is all that role needs. Table names and
 keys arrive as query parameters (or identifiers from the catalog), never pasted into SQL;
 the filter's column must be one of the table's and its value is a parameter, quoted by
@@ -33,6 +35,8 @@ MAX_UPLOAD = 20 * 1024 * 1024    # bytes of one upload request
 DEFAULT_K, MAX_K = 12, 100
 GRID_SIZE = 160                  # pixels of the thumbnails on the pages
 DEFAULT_SIZE, MAX_SIZE = 128, 1024  # ?size= of /image (pgvision.thumbnail's default is 128)
+# find_duplicates reads the whole table (two index scans a row): a page waits this long at most
+DUPLICATES_TIMEOUT = "60s"
 # Columns a filter may not name: their values are not something to type into a form.
 UNFILTERABLE = {"bytea", "vector", "halfvec", "sparsevec"}
 
@@ -209,6 +213,27 @@ def create_app(dsn, tables, feature_column="feature", image_column="image", pool
         rows = run_search(t, opts, key=key)
         return page(t, opts, rows=results(rows), query_name=f"{t.key} {key}", query_key=key,
                     query_src=url_for("image", table=t.name, key=key, size=GRID_SIZE))
+
+    @app.get("/duplicates/<table>")
+    def duplicates(table):
+        t = table_of(table)
+        try:
+            near_bits = int(request.args.get("near_bits") or 8)
+            similar = float(request.args.get("similar_distance") or 0.05)
+        except ValueError:
+            raise Problem(400, "near_bits must be a whole number and similar_distance a number") from None
+        with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)", [DUPLICATES_TIMEOUT])
+            rows = cur.execute(
+                "SELECT d.group_no, d.id, d.verdict, d.distance FROM pgvision.find_duplicates("
+                "%s::oid::regclass, feature_column => %s::name, image_column => %s::name,"
+                " near_bits => %s::int, similar_distance => %s::float8) AS d",
+                [t.oid, feature_column, image_column, near_bits, similar]).fetchall()
+        groups = {}
+        for g, key, verdict, distance in rows:
+            groups.setdefault(g, []).append({"id": key, "verdict": verdict, "distance": distance})
+        return render_template("duplicates.html", table=t, tables=list(served), groups=groups,
+                               near_bits=near_bits, similar_distance=similar, grid_size=GRID_SIZE)
 
     @app.get("/image/<table>/<path:key>")
     def image(table, key):
