@@ -189,6 +189,7 @@ TROJAN_CASES = [
     ("search_like varchar", "SELECT * FROM pgvision.search_like('public.t_varchar', '2', group_by => 'note', expand => 2)"),
     ("search_like citext", "SELECT * FROM pgvision.search_like('public.t_citext', '3', filter => 'note IS NULL')"),
     ("search_vector", "SELECT * FROM pgvision.search_vector('public.t_bigint', (SELECT feature FROM public.t_bigint WHERE id = 1), k => 2, metric => 'l2')"),
+    ("search_rows", "SELECT * FROM pgvision.search_rows(NULL::public.t_varchar, %(img)s, k => 2)"),
     ("find_copies", "SELECT * FROM pgvision.find_copies('public.t_hash', %(img)s, k => 3)"),
     ("find_copies without hashes", "SELECT * FROM pgvision.find_copies('public.t_bigint', %(img)s, k => 3)"),
     ("find_duplicates", "SELECT * FROM pgvision.find_duplicates('public.t_hash')"),
