@@ -7,8 +7,10 @@ An edited copy is searched for as several views, each embedded with the column's
 - ``trim``: without a uniform border (a frame, letterboxing, the white around a scan);
 - ``content``: the largest textured region, for a picture inside a screenshot or a page:
   interface elements are flat colour, a photo is not;
-- ``inner``: the central 70% of the trimmed image, for a slight rotation or perspective
-  whose corners are fill, and for captions and stickers near the edges.
+- ``inner``: the central 70% of the trimmed image, for a slight perspective whose corners
+  are fill, and for captions and stickers near the edges;
+- ``tilt+10``, ``tilt-10``: turned back 10 degrees either way, its centre, for a copy
+  scanned or photographed askew.
 
 Each view has a penalty subtracted from its cosine similarity, so that it wins only when
 it matches clearly better than the full image does (the figures that chose them:
@@ -28,7 +30,8 @@ from . import hashes, images, preprocess
 # that turning it three times costs little.
 WORK_SIDE = 1024
 PENALTY = {"full": 0.0, "rot90": 0.05, "rot180": 0.05, "rot270": 0.05, "trim": 0.0,
-           "content": 0.02, "inner": 0.05}
+           "content": 0.02, "inner": 0.05, "tilt+10": 0.05, "tilt-10": 0.05}
+TILT = 10  # degrees
 BORDER_DIFFERENCE = 24  # a border pixel differs from the corner by at most this (0-255)
 BLOCK = 8               # content: textured blocks of BLOCK x BLOCK pixels
 TEXTURED = 0.2          # a block is textured when this share of its pixels differ from a neighbour
@@ -142,6 +145,9 @@ def views(img):
         if view is not None:
             out.append((name, view))
     out.append(("inner", inner(work)))
+    for sign in (1, -1):
+        tilted = work.rotate(sign * TILT, Image.Resampling.BICUBIC)
+        out.append((f"tilt{'+' if sign > 0 else '-'}{TILT}", inner(tilted)))
     return [(name, PENALTY[name], view) for name, view in out]
 
 

@@ -1,7 +1,7 @@
 -- Copies: which stored images a query image is an edited copy of (a crop, a screenshot, a
 -- re-encoded, turned, framed or captioned copy). The query is searched for as several views
 -- (python_udf/pgvision_runtime/copies.py: as it is, turned back, without its border, its
--- textured region, its centre) through the feature column's index, and, where the table has
+-- textured region, its centre, tilted back) through the feature column's index, and, where the table has
 -- a perceptual hash column, as its hashes (as it is, mirrored, turned) through that
 -- column's index; the union of the candidates is scored exactly.
 -- Thresholds (the benchmark that chose them: bench/copies.py, BENCHMARKS.md section 8):
@@ -153,4 +153,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision.find_copies(regclass, bytea, int, name, name, int) IS
-'the rows whose image the query image is an edited copy of (re-encoded, resized, cropped, mirrored, turned, grey, recoloured, blurred, framed, captioned, in a screenshot), best first: score is the best cosine similarity of a view of the query (as it is, turned back a quarter, a half or three quarters, without its border, its textured region, its centre), less the view''s penalty, plus 0.02 per bit of perceptual hash distance under 18 where the table has a hash column (hash_column, default phash if there is one: bit(64), e.g. GENERATED ALWAYS AS (pgvision.phash(image)) STORED, with an hnsw bit_hamming_ops index); verdict: exact (hash distance 0, full view similarity at least 0.99), near (hash distance at most 8), copy (score at least 0.9), else similar. Each of the 7 views and 5 hashes reads candidates rows through its index; the query image is embedded once per view with the column''s model. id and item as in pgvision.search';
+'the rows whose image the query image is an edited copy of (re-encoded, resized, cropped, mirrored, turned, grey, recoloured, blurred, framed, captioned, in a screenshot), best first: score is the best cosine similarity of a view of the query (as it is, turned back a quarter, a half or three quarters, without its border, its textured region, its centre, its centre tilted back 10 degrees either way), less the view''s penalty, plus 0.02 per bit of perceptual hash distance under 18 where the table has a hash column (hash_column, default phash if there is one: bit(64), e.g. GENERATED ALWAYS AS (pgvision.phash(image)) STORED, with an hnsw bit_hamming_ops index); verdict: exact (hash distance 0, full view similarity at least 0.99), near (hash distance at most 8), copy (score at least 0.9), else similar. Each of the 9 views and 5 hashes reads candidates rows through its index; the query image is embedded once per view with the column''s model. id and item as in pgvision.search';
