@@ -16,6 +16,7 @@ ORDER = [("inference", "1. Inference overhead"), ("ingest", "2. End-to-end inges
          ("search", "3. Search"), ("quality", "4. Retrieval quality"),
          ("memory", "5. Cold start and memory"), ("int8", "6. INT8 models"),
          ("projection", "7. Models learned from your table"),
+         ("copies", "8. Copies and duplicates"),
          ("shards", "Scale-out")]
 
 HEADER = """# Benchmarks
@@ -27,7 +28,7 @@ with
     make bench
 
 (sets everything up, then runs `bench/inference.py`, `ingest.py`, `search.py`,
-`quality.py`, `memory.py`, `int8.py`, `projection.py` and `shards.py` in turn, each on its own throwaway server under
+`quality.py`, `memory.py`, `int8.py`, `projection.py`, `copies.py` and `shards.py` in turn, each on its own throwaway server under
 /var/tmp/pgvision-bench, and rebuilds this page), or one of them with
 `make bench BENCH=search`. Comparisons are measured in one run, the contenders alternating
 on the same images with the same thread count; the figures are medians, and ratios are
