@@ -197,8 +197,49 @@ $$;
 COMMENT ON FUNCTION pgvision._search_group_size(text, text, int, text, text, double precision, double precision) IS
 'internal: for group_by, the number of candidates of pgvision._search that holds k groups (or all there are)';
 
+-- How pgvision._search reads a table of this server, so that its top rows are the true
+-- nearest ones on collections that mix photos, cut-outs and thumbnails, where an HNSW search
+-- at pgvector's default ef_search 40 often misses a photo's nearest row (BENCHMARKS.md,
+-- figure 3, mixed collection: top-1 agreement with an exact scan 0.63 at 40, 0.997 at 1000
+-- on 3,279 rows loaded photos first; 0.90 and 0.991 on 100,000 rows loaded shuffled):
+-- - fewer than 1,500 rows: an exact scan (a sequential scan and a sort, the index left
+--   unused), there about as fast as an index search at ef_search 1000; not when the session
+--   turned sequential scans off (SET enable_seqscan = off asks for the index);
+-- - else the index, with hnsw.ef_search 1000, pgvector's largest. The session's value is
+--   raised, never lowered (it cannot be larger), and is back when the function returns:
+--   these functions promise the nearest rows; the plain SQL form (ORDER BY feature <=> q
+--   LIMIT k) under the session's own hnsw.ef_search is the way to trade them for speed.
+-- Sharded and partitioned tables keep the planner's choice and their shards' settings.
+CREATE OR REPLACE FUNCTION pgvision._search_scan(tbl regclass, OUT exact boolean, OUT ef_search int)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    exact_rows constant int := 1500;
+    _kind "char";
+    _reltuples real;
+    _n bigint;
+BEGIN
+    ef_search := 1000;
+    exact := false;
+    SELECT c.relkind, c.reltuples INTO _kind, _reltuples FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+    IF _kind IN ('r', 'm') AND pg_catalog.current_setting('enable_seqscan')::boolean
+       AND (_reltuples < 0 OR _reltuples < 2 * exact_rows) THEN
+        -- reltuples is an estimate (-1 before the first VACUUM, ANALYZE or CREATE INDEX):
+        -- count, but never past exact_rows
+        EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM (SELECT FROM %s LIMIT %s) s', tbl, exact_rows)
+            INTO _n;
+        exact := _n < exact_rows;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION pgvision._search_scan(regclass) IS
+'internal: how pgvision._search reads a table: exact (a table of this server below 1,500 rows, unless enable_seqscan is off) and the hnsw.ef_search of its index scans (1000, pgvector''s largest: the session''s value is raised, never lowered)';
+
 -- Iterative index scans (pgvector 0.8) keep reading the index until k rows pass the filter;
--- relaxed_order may return rows slightly out of order, so results are sorted again.
+-- relaxed_order may return rows slightly out of order, so results are sorted again. The
+-- scan settings of pgvision._search_scan are set for the function's queries and put back
+-- before it returns (a SET clause could not keep the caller's values).
 CREATE OR REPLACE FUNCTION pgvision._search(
     tbl regclass, queries text[], k int, feature_column name, metric text, filter text, group_by name,
     max_distance double precision, min_similarity double precision, expand int, exclude_key text)
@@ -220,7 +261,16 @@ DECLARE
     _rank constant text := 'SELECT $5, (pg_catalog.row_number() OVER (ORDER BY c.distance))::int, c.id, c.distance, ';
     _q text;
     _n int;
+    _scan record := pgvision._search_scan(tbl);
+    _ef text := pg_catalog.current_setting('hnsw.ef_search', true);
+    _indexscan text := pg_catalog.current_setting('enable_indexscan');
 BEGIN
+    IF _ef IS DISTINCT FROM _scan.ef_search::text THEN
+        PERFORM pg_catalog.set_config('hnsw.ef_search', _scan.ef_search::text, true);
+    END IF;
+    IF _scan.exact THEN
+        PERFORM pg_catalog.set_config('enable_indexscan', 'off', true);
+    END IF;
     FOR i IN 1 .. coalesce(pg_catalog.cardinality(queries), 0) LOOP
         _q := queries[i];
         CONTINUE WHEN _q IS NULL;
@@ -239,6 +289,13 @@ BEGIN
                 USING _q, exclude_key, max_distance, min_similarity, i, _n;
         END IF;
     END LOOP;
+    -- an error on the way rolls the settings back with the (sub)transaction
+    IF _ef IS DISTINCT FROM _scan.ef_search::text THEN
+        PERFORM pg_catalog.set_config('hnsw.ef_search', coalesce(_ef, '40'), true);
+    END IF;
+    IF _scan.exact THEN
+        PERFORM pg_catalog.set_config('enable_indexscan', _indexscan, true);
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION pgvision._search(regclass, text[], int, name, text, text, name, double precision, double precision, int, text) IS

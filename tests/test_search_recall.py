@@ -1,0 +1,154 @@
+"""The search functions find the true nearest rows on a collection that mixes photos,
+cut-outs and thumbnails, where an HNSW search at pgvector's default ef_search misses some
+(BENCHMARKS.md, figure 3, mixed collection); and the session's own settings come back as they
+were (pgvision._search_scan, 030-search-engine.sql).
+
+The table holds photos and cut-outs (bench/mixed.py's originals: tiles of Debian's wallpapers,
+the darknet photos) first, then Fashion-MNIST thumbnails: loaded in that order, pgvector's
+HNSW graph reaches the photos' region late, and at ef_search 40 misses some of their
+nearest rows. The truth is the exact scan (enable_indexscan off), as users check it."""
+
+import pathlib
+import sys
+
+import psycopg
+import pytest
+
+from data import Fashion
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+import mixed  # noqa: E402
+
+EXACT_ROWS = 1500      # pgvision._search_scan: below this many rows, an exact scan
+EF_SEARCH = 1000       # and the ef_search of its index scans (pgvector's largest)
+FASHION = 2400         # thumbnails after the photos: above EXACT_ROWS, so the index is read
+EDITS = ("jpeg q15", "crop 80% centre", "grey", "blur r3")
+EXACT = "SELECT id FROM {t} ORDER BY feature <=> %s::vector, id LIMIT %s"
+
+
+def load(c, table, images):
+    c.execute(f"DROP TABLE IF EXISTS {table}")
+    c.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, name text, image bytea, feature vector(1280))")
+    with c.cursor() as cur:
+        cur.executemany(f"INSERT INTO {table} (id, name, image) VALUES (%s, %s, %s)",
+                        [(i + 1, n, b) for i, (n, b) in enumerate(images)])
+    for lo in range(0, len(images), 200):
+        c.execute(f"UPDATE {table} SET feature = pgvision.embed(image) WHERE id > %s AND id <= %s",
+                  [lo, lo + 200])
+    c.execute(f"VACUUM ANALYZE {table}")
+    c.execute(f"SELECT pgvision.create_index('{table}', 'feature')")
+
+
+@pytest.fixture(scope="module")
+def collection(server):
+    from conftest import APP_ROLE, dsn
+    # tiles of Debian's wallpapers and the darknet photos (bench/mixed.py), every second one
+    originals = mixed.collection()[0][::2]
+    fashion = Fashion("test")
+    thumbnails = [(f"fashion/{i}", fashion.png(i)) for i in range(FASHION)]
+    with psycopg.connect(dsn(server, user=APP_ROLE), autocommit=True) as c:
+        load(c, "recall_big", originals + thumbnails)
+        load(c, "recall_small", originals + thumbnails[:EXACT_ROWS // 2])
+    queries = [mixed.edited(n, b, e) for n, b in originals[::3] for e in EDITS]
+    queries += [fashion.png(i) for i in range(FASHION, FASHION + 40)]
+    return queries
+
+
+def exact_ids(conn, table, q, k=1):
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_indexscan = off")
+        return [r[0] for r in conn.execute(EXACT.format(t=table), [q, k])]
+
+
+def vectors(conn, images):
+    return [conn.execute("SELECT pgvision.embed(%s)::text", [b]).fetchone()[0] for b in images]
+
+
+def test_top_1_is_the_exact_scans_on_a_mixed_table(conn, collection):
+    misses, plain_misses = [], 0
+    for b, q in zip(collection, vectors(conn, collection)):
+        got = conn.execute("SELECT id::int FROM pgvision.search_vector('recall_big', %s::vector, 10)"
+                           " WHERE rank = 1", [q]).fetchone()[0]
+        want = exact_ids(conn, "recall_big", q)[0]
+        if got != want:
+            misses.append((got, want))
+        with conn.transaction():  # the plain form at pgvector's default ef_search 40
+            conn.execute("SET LOCAL enable_seqscan = off")
+            plain_misses += conn.execute("SELECT id FROM recall_big ORDER BY feature <=> %s::vector LIMIT 1",
+                                         [q]).fetchone()[0] != want
+    assert not misses, f"{len(misses)} of {len(collection)} top-1 differ from the exact scan: {misses[:5]}"
+    assert plain_misses > 0  # what the search functions' own settings are for
+
+
+def test_search_of_an_image_agrees_too(conn, collection):
+    for b in collection[::4][:12]:
+        got = conn.execute("SELECT id::int FROM pgvision.search('recall_big', %s, 3)", [b]).fetchall()
+        q = vectors(conn, [b])[0]
+        assert [g[0] for g in got] == exact_ids(conn, "recall_big", q, 3)
+
+
+def test_small_table_is_read_exactly(conn, collection):
+    for q in vectors(conn, collection[::7]):
+        got = conn.execute("SELECT id::int FROM pgvision.search_vector('recall_small', %s::vector, 10)",
+                           [q]).fetchall()
+        assert [g[0] for g in got] == exact_ids(conn, "recall_small", q, 10)
+
+
+SEEN = """CREATE OR REPLACE FUNCTION pg_temp.seen() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE 'ef_search % indexscan %', current_setting('hnsw.ef_search'), current_setting('enable_indexscan');
+    RETURN true;
+END $$"""
+
+
+def settings_inside(conn, table, q):
+    """The hnsw.ef_search and enable_indexscan the search's query ran with, from its filter."""
+    notices = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+    conn.execute(SEEN)
+    conn.execute(f"SELECT * FROM pgvision.search_vector('{table}', %s::vector, 1,"
+                 " filter => 'pg_temp.seen()')", [q]).fetchall()
+    seen = {n for n in notices if n.startswith("ef_search")}
+    assert len(seen) == 1, notices
+    _, ef, _, indexscan = seen.pop().split()
+    return int(ef), indexscan
+
+
+def test_ef_search_is_raised_and_the_session_keeps_its_own(conn, collection):
+    q = vectors(conn, collection[:1])[0]
+    assert settings_inside(conn, "recall_big", q) == (EF_SEARCH, "on")
+    conn.execute("SET hnsw.ef_search = 10")
+    assert settings_inside(conn, "recall_big", q) == (EF_SEARCH, "on")  # raised, not lowered
+    assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "10"
+    with conn.transaction():
+        conn.execute("SET LOCAL hnsw.ef_search = 200")
+        settings_inside(conn, "recall_big", q)
+        assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "200"
+    assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "10"
+
+
+def test_small_table_scan_and_the_session_afterwards(conn, collection):
+    q = vectors(conn, collection[:1])[0]
+    with conn.transaction():
+        assert settings_inside(conn, "recall_small", q)[1] == "off"
+        assert conn.execute("SHOW enable_indexscan").fetchone()[0] == "on"
+        assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "40"
+    # the session's enable_seqscan = off asks for the index, and gets it
+    conn.execute("SET enable_seqscan = off")
+    assert settings_inside(conn, "recall_small", q)[1] == "on"
+    # and enable_indexscan = off set by the session stays off
+    conn.execute("RESET enable_seqscan")
+    conn.execute("SET enable_indexscan = off")
+    assert settings_inside(conn, "recall_big", q)[1] == "off"
+    assert conn.execute("SHOW enable_indexscan").fetchone()[0] == "off"
+
+
+def test_an_error_in_the_search_leaves_the_settings_as_they_were(conn, collection):
+    q = vectors(conn, collection[:1])[0]
+    conn.execute("SET hnsw.ef_search = 10")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        with conn.transaction():
+            conn.execute("SELECT * FROM pgvision.search_vector('recall_small', %s::vector, 1,"
+                         " filter => '1 / 0 = 1')", [q]).fetchall()
+    assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "10"
+    assert conn.execute("SHOW enable_indexscan").fetchone()[0] == "on"
