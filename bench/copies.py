@@ -36,6 +36,7 @@ import argparse
 import io
 import json
 import random
+import re
 import time
 
 import numpy as np
@@ -389,6 +390,7 @@ def report(r):
     c, s = r["collection"], r["summary"]
     fc = s["find_copies"]
     ms = r.get("methods", METHODS)
+    views = r.get("views", ["full", "rot90", "rot180", "rot270", "trim", "content", "inner"])
     sc = r.get("scale")
     met1 = fc["mean_r1"] >= TARGET["mean_rank1"] and len(r["per_edit"]) >= TARGET["edits"]
     met2 = fc["min_r1"] >= TARGET["min_rank1"]
@@ -430,11 +432,15 @@ def report(r):
         "the features' index"
         + (f"; at {sc['rows']:,} rows {sc['hash_index_mb']:.0f} MB against {sc['feature_index_mb']:.0f} MB" if sc else "")
         + ").",
-        "What a query costs: 7 views of the query image (as it is, turned back a quarter, a half and "
-        "three quarters, without its border, its textured region, its centre; a view that the image "
-        "lacks is left out) embedded in one model call, 5 hashes (as it is, mirrored, turned three "
-        "ways), so 12 index scans of `candidates` rows (40) at `hnsw.ef_search` 100, and the union "
-        "scored exactly; plain search is one embedding and one index scan.",
+        f"What a query costs: {len(views)} views of the query image ("
+        + ", ".join(f"`{v}`" for v in views)
+        + ": as it is, turned back a quarter, a half and three quarters, without its border, its "
+        "textured region, its centre" + (", its centre turned back 10 degrees either way" if any(
+            v.startswith("tilt") for v in views) else "")
+        + "; `trim` and `content` only where the image has them) embedded in one model call, "
+        f"{r.get('hash_views', 5)} hashes (as it is, mirrored, turned three ways), so up to "
+        f"{len(views) + r.get('hash_views', 5)} index scans of `candidates` rows (40) at `hnsw.ef_search` "
+        "100, and the union scored exactly; plain search is one embedding and one index scan.",
         "",
         "| edit | " + " | ".join(f"{m} @1 | @10" for m in ms) + " | find_copies rank-1 verdicts |",
         "|---|" + "---:|---:|" * len(ms) + "---|",
@@ -508,7 +514,8 @@ def report(r):
         lines.append(f"- p50 under {TARGET['p50_ms']:.0f} ms at {TARGET['rows']:,} rows on 2 cores: "
                      f"{p50:.1f} ms at {sc['rows']:,} rows on {r['cores']} cores, **{'met' if ok else 'not met'}** "
                      f"(plain search {sc['summary']['search']['p50_ms']:.1f} ms; find_copies costs "
-                     f"{p50 / sc['summary']['search']['p50_ms']:.1f} times its p50, most of it the 7 embeddings).")
+                     f"{p50 / sc['summary']['search']['p50_ms']:.1f} times its p50; it embeds {len(views)} views where "
+                     "search embeds one).")
     d = r.get("duplicates")
     if d:
         k = d["kinds"]
@@ -547,7 +554,13 @@ def report(r):
             lines.append(f"| {w['similar_distance']} | " + " | ".join(
                 f"{pct(w['tiers'][t]['precision'])} / {pct(w['tiers'][t]['recall'])}" for t in TIERS)
                 + f" | {w['none_grouped']} |")
-    lines += ["", f"Reproduce: `make bench BENCH=copies` or `build/venv/bin/python {r['command_part1']}`"
+    if "--replace-sql" in r.get("command_part1", ""):
+        lines += ["", f"This run (at commit {r.get('commit', '?')}) ran the committed "
+                  "`extension/sql/idempotent/030-search-engine.sql` (`git show HEAD:...`, passed with "
+                  "`--replace-sql`) after CREATE EXTENSION, because the installed one held another change to "
+                  "`pgvision.search` that was still in progress; everything else is the installed extension."]
+    shown = re.sub(r" --replace-sql( \S+)*", "", r["command_part1"])
+    lines += ["", f"Reproduce: `make bench BENCH=copies` or `build/venv/bin/python {shown}`"
               + (f", part 2 alone `build/venv/bin/python {d['command']}`" if d and d.get("command") != r["command_part1"] else "")
               + ". `--quick` runs a few queries an edit and a smaller grown table."]
     return "\n".join(line for line in lines if line is not None)
@@ -565,6 +578,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="15 originals, 2 an edit at 20,000 rows")
     ap.add_argument("--only", choices=["duplicates"], help="run part 2 alone, keeping part 1's figures")
     ap.add_argument("--port", type=int, default=54341)
+    ap.add_argument("--replace-sql", nargs="*", default=[], metavar="FILE",
+                    help="SQL files run after CREATE EXTENSION (e.g. a committed version of an idempotent "
+                         "file, when the installed one is a work in progress)")
     ap.add_argument("--report-only", action="store_true", help="rewrite copies.md from copies.json")
     args = ap.parse_args()
     if args.report_only:
@@ -591,7 +607,14 @@ def main():
         kinds = {"whole": sum(n.endswith("#whole") for n, _ in distractors),
                  "variant": sum("#variant" in n for n, _ in distractors),
                  "fashion": sum(n.startswith("fashion/") for n, _ in distractors)}
-        result = {"collection": {"originals": len(originals), "distractors": len(distractors),
+        import subprocess
+
+        from pgvision_runtime import copies as runtime
+
+        result = {"views": list(runtime.PENALTY), "hash_views": len(runtime._HASH_TURNS),
+                  "commit": subprocess.run(["git", "-C", str(common.ROOT), "rev-parse", "--short", "HEAD"],
+                                           capture_output=True, text=True).stdout.strip(),
+                  "collection": {"originals": len(originals), "distractors": len(distractors),
                                  "packages": packages(), "distractor_kinds": kinds},
                   "edits": list(mixed.EDITS), "targets": TARGET, "cores": os.cpu_count(), "quick": args.quick}
 
@@ -603,6 +626,8 @@ def main():
             conn.add_notice_handler(lambda n: None)
             conn.execute("CREATE EXTENSION pgvision CASCADE")
             conn.execute("CREATE EXTENSION pg_prewarm")
+            for path in args.replace_sql:
+                conn.execute(open(path).read())
             if not args.only:
                 rows = [(i + 1, n, b) for i, (n, b) in enumerate(originals + distractors)]
                 result["table"] = load(conn, rows)
