@@ -205,7 +205,8 @@ COMMENT ON FUNCTION pgvision._search_group_size(text, text, int, text, text, dou
 -- - fewer than 1,500 rows: an exact scan (a sequential scan and a sort, the index left
 --   unused), there about as fast as an index search at ef_search 1000; not when the session
 --   turned sequential scans off (SET enable_seqscan = off asks for the index);
--- - else the index, with hnsw.ef_search 1000, pgvector's largest. The session's value is
+-- - else the index (forced when there is no filter and the column has an HNSW index), with
+--   hnsw.ef_search 1000, pgvector's largest. The session's value is
 --   raised, never lowered (it cannot be larger), and is back when the function returns:
 --   these functions promise the nearest rows; the plain SQL form (ORDER BY feature <=> q
 --   LIMIT k) under the session's own hnsw.ef_search is the way to trade them for speed.
@@ -264,12 +265,27 @@ DECLARE
     _scan record := pgvision._search_scan(tbl);
     _ef text := pg_catalog.current_setting('hnsw.ef_search', true);
     _indexscan text := pg_catalog.current_setting('enable_indexscan');
+    _seqscan text := pg_catalog.current_setting('enable_seqscan');
+    -- Without a filter, the HNSW index of a table at or above the exact scan's size: at
+    -- ef_search 1000 the planner would rather sort a table of a few thousand rows, which is
+    -- exact but slower (BENCHMARKS.md, figure 3).
+    _index boolean := NOT _scan.exact AND filter IS NULL AND EXISTS (
+        SELECT FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+        JOIN pg_catalog.pg_class t ON t.oid = i.indrelid
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        WHERE i.indrelid = tbl AND a.attname = feature_column AND am.amname = 'hnsw' AND i.indisvalid
+          AND t.relkind IN ('r', 'm'));
 BEGIN
     IF _ef IS DISTINCT FROM _scan.ef_search::text THEN
         PERFORM pg_catalog.set_config('hnsw.ef_search', _scan.ef_search::text, true);
     END IF;
     IF _scan.exact THEN
         PERFORM pg_catalog.set_config('enable_indexscan', 'off', true);
+    END IF;
+    IF _index THEN
+        PERFORM pg_catalog.set_config('enable_seqscan', 'off', true);
     END IF;
     FOR i IN 1 .. coalesce(pg_catalog.cardinality(queries), 0) LOOP
         _q := queries[i];
@@ -295,6 +311,9 @@ BEGIN
     END IF;
     IF _scan.exact THEN
         PERFORM pg_catalog.set_config('enable_indexscan', _indexscan, true);
+    END IF;
+    IF _index THEN
+        PERFORM pg_catalog.set_config('enable_seqscan', _seqscan, true);
     END IF;
 END
 $$;
