@@ -527,9 +527,10 @@ def report(r):
         k = d["kinds"]
         lines += [
             "",
-            "**Duplicates** (`pgvision.find_duplicates('dups')` with its defaults: near_bits "
+            "**Duplicates** (`pgvision.find_duplicates('dups')` with the defaults it had at the measured commit: near_bits "
             f"{d['defaults']['near_bits']}, near_distance {d['defaults']['near_distance']}, similar_distance "
-            f"{d['defaults']['similar_distance']}, neighbours {d['defaults']['neighbours']}) on a table of its own, "
+            f"{d['defaults']['similar_distance']}, neighbours {d['defaults']['neighbours']}; 29ad012 later lowered "
+            "near_distance to 0.1 after the 28 Fashion-MNIST rows below) on a table of its own, "
             f"{d['rows']} rows: {k.get('tile', 0)} wallpaper tiles of the originals (a seeded sample), with planted "
             f"copies of {k.get('same bytes', 0)} of them as the same bytes (truth: exact), "
             f"{k.get('jpeg q50', 0)} re-encoded as JPEG q50 and {k.get('resized 50%', 0)} resized to 50% "
