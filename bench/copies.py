@@ -316,15 +316,21 @@ def duplicate_set(originals, distractors, per_kind, n_fashion, seed=SEED):
     return rows, {i: ("similar" if t == "sibling" else t) for i, t in truth.items()}, kind, relations
 
 
+# find_duplicates' defaults (062-duplicates.sql), and the near thresholds tried besides them
+DEFAULTS = {"near_bits": 8, "near_distance": 0.1, "similar_distance": 0.05, "neighbours": 10}
+NEAR_SWEEP = [(6, 0.1), (8, 0.15), (8, 0.2), (10, 0.1), (10, 0.15), (12, 0.15)]
+
+
 def duplicates(conn, originals, distractors, per_kind, n_fashion):
     rows, truth, kind, relations = duplicate_set(originals, distractors, per_kind, n_fashion)
     info = load(conn, rows, "dups")
     ids = [r[0] for r in rows]
 
-    def score(similar_distance):
+    def score(similar_distance, near_bits=DEFAULTS["near_bits"], near_distance=DEFAULTS["near_distance"]):
         with common.Clock() as c:
             found = conn.execute("SELECT group_no, id, verdict, distance FROM pgvision.find_duplicates('dups',"
-                                 " similar_distance => %s)", [similar_distance]).fetchall()
+                                 " similar_distance => %s, near_bits => %s, near_distance => %s)",
+                                 [similar_distance, near_bits, near_distance]).fetchall()
         group = {int(i): g for g, i, _, _ in found}
         verdict = {int(i): v for _, i, v, _ in found}
         confusion = {t: {v: 0 for v in (*TIERS, "none")} for t in (*TIERS, "none")}
@@ -354,6 +360,12 @@ def duplicates(conn, originals, distractors, per_kind, n_fashion):
         print(f"  similar_distance {sd}: " + ", ".join(
             f"{t} P {pct(r['precision'])} R {pct(r['recall'])}" for t, r in tiers2.items())
             + f"; rows without a planted duplicate put in a group: {sweep[-1]['none_grouped']}", flush=True)
+    near_sweep = []
+    for bits, nd in NEAR_SWEEP:
+        _, _, _, t2 = score(DEFAULTS["similar_distance"], bits, nd)
+        near_sweep.append({"near_bits": bits, "near_distance": nd, "tiers": t2})
+        print(f"  near_bits {bits}, near_distance {nd}: near P {pct(t2['near']['precision'])}"
+              f" R {pct(t2['near']['recall'])}", flush=True)
     # pair recall: a planted pair in one group, by how it was made
     pairs = {}
     for a, b, _ in relations:
@@ -363,9 +375,9 @@ def duplicates(conn, originals, distractors, per_kind, n_fashion):
         p[0] += a in group and b in group and group[a] == group[b]
     result = {"rows": len(rows), "kinds": {k: sum(1 for v in kind.values() if v == k) for k in set(kind.values())},
               "seconds": seconds, "groups": len(set(group.values())), "confusion": confusion, "tiers": tiers,
-              "sweep": sweep, "unplanted": unplanted,
+              "sweep": sweep, "near_sweep": near_sweep, "unplanted": unplanted,
               "pairs": {k: {"together": v[0], "pairs": v[1]} for k, v in pairs.items()}, "table": info,
-              "defaults": {"near_bits": 8, "near_distance": 0.2, "similar_distance": 0.05, "neighbours": 10}}
+              "defaults": DEFAULTS}
     print(f"\nfind_duplicates on {len(rows)} rows: {seconds:.2f} s, {result['groups']} groups", flush=True)
     head = "truth / verdict"
     print(f"{head:<16}" + "".join(f"{v:>9}" for v in (*TIERS, "none")))
@@ -529,8 +541,8 @@ def report(r):
             "",
             "**Duplicates** (`pgvision.find_duplicates('dups')` with the defaults it had at the measured commit: near_bits "
             f"{d['defaults']['near_bits']}, near_distance {d['defaults']['near_distance']}, similar_distance "
-            f"{d['defaults']['similar_distance']}, neighbours {d['defaults']['neighbours']}; 29ad012 later lowered "
-            "near_distance to 0.1 after the 28 Fashion-MNIST rows below) on a table of its own, "
+            f"{d['defaults']['similar_distance']}, neighbours {d['defaults']['neighbours']}; at near_distance 0.2, "
+            "its first default, 28 Fashion-MNIST thumbnails were grouped as near) on a table of its own, "
             f"{d['rows']} rows: {k.get('tile', 0)} wallpaper tiles of the originals (a seeded sample), with planted "
             f"copies of {k.get('same bytes', 0)} of them as the same bytes (truth: exact), "
             f"{k.get('jpeg q50', 0)} re-encoded as JPEG q50 and {k.get('resized 50%', 0)} resized to 50% "
@@ -561,6 +573,12 @@ def report(r):
             lines.append(f"| {w['similar_distance']} | " + " | ".join(
                 f"{pct(w['tiers'][t]['precision'])} / {pct(w['tiers'][t]['recall'])}" for t in TIERS)
                 + f" | {w['none_grouped']} |")
+        if d.get("near_sweep"):
+            lines += ["", "The near tier at other thresholds (similar_distance at its default):", "",
+                      "| near_bits | near_distance | near precision | near recall |", "|---:|---:|---:|---:|"]
+            for w in d["near_sweep"]:
+                lines.append(f"| {w['near_bits']} | {w['near_distance']} | {pct(w['tiers']['near']['precision'])}"
+                             f" | {pct(w['tiers']['near']['recall'])} |")
     if "--replace-sql" in r.get("command_part1", ""):
         lines += ["", f"This run (at commit {r.get('commit', '?')}) ran the committed "
                   "`extension/sql/idempotent/030-search-engine.sql` (`git show HEAD:...`, passed with "
