@@ -201,7 +201,7 @@ COMMENT ON FUNCTION pgvision._search_group_size(text, text, int, text, text, dou
 -- nearest ones on collections that mix photos, cut-outs and thumbnails, where an HNSW search
 -- at pgvector's default ef_search 40 often misses a photo's nearest row (BENCHMARKS.md,
 -- figure 3, mixed collection: top-1 agreement with an exact scan 0.63 at 40, 0.997 at 1000
--- on 3,279 rows loaded photos first; 0.90 and 0.991 on 100,000 rows loaded shuffled):
+-- on 3,279 rows loaded photos first; 0.85 and 0.990 on 100,000 rows loaded shuffled):
 -- - fewer than 1,500 rows: an exact scan (a sequential scan and a sort, the index left
 --   unused), there about as fast as an index search at ef_search 1000; not when the session
 --   turned sequential scans off (SET enable_seqscan = off asks for the index);
