@@ -81,6 +81,28 @@ $$;
 COMMENT ON FUNCTION pgvision._row_key(regclass) IS
 'internal: the columns and type of what identifies a row of a table in search results: its primary key, or the partition key of a sharded table; NULLs without';
 
+-- The id and item columns of a result row (search's, find_copies', find_duplicates'), as
+-- expressions on the table's alias t: the key (key_columns, pgvision._row_key's) as text, a
+-- composite key in its row form, NULL without one; the row as jsonb without what
+-- pgvision._plain_columns leaves out.
+CREATE OR REPLACE FUNCTION pgvision._result_columns(tbl regclass, key_columns name[], OUT id text, OUT item text)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    id := CASE WHEN key_columns IS NULL THEN 'NULL::pg_catalog.text'
+               WHEN pg_catalog.cardinality(key_columns) = 1 THEN pg_catalog.format('t.%I::pg_catalog.text', key_columns[1])
+               ELSE 'ROW(' || (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', u.c), ', ' ORDER BY u.i)
+                               FROM pg_catalog.unnest(key_columns) WITH ORDINALITY u (c, i)) || ')::pg_catalog.text' END;
+    item := coalesce((SELECT '(SELECT pg_catalog.to_jsonb(r) FROM (SELECT '
+                             || pg_catalog.string_agg(pg_catalog.format('t.%I', u.c), ', ' ORDER BY u.i) || ') r)'
+                      FROM pg_catalog.unnest(pgvision._plain_columns(tbl)) WITH ORDINALITY u (c, i)),
+                     '''{}''::pg_catalog.jsonb');
+END
+$$;
+COMMENT ON FUNCTION pgvision._result_columns(regclass, name[]) IS
+'internal: the id (key as text) and item (row as jsonb) expressions of a result row of tbl, on alias t';
+
 -- The candidates of a search, the $6 nearest rows that pass the filter, as the query
 --   SELECT id, distance, item[, grp] ... ORDER BY distance LIMIT $6
 -- and, for query expansion, the features of the $6 nearest rows. A table of this server
@@ -110,14 +132,7 @@ BEGIN
         RAISE EXCEPTION 'cannot exclude a row of % by key without a single-column primary key', tbl
             USING ERRCODE = 'feature_not_supported';
     END IF;
-    _id := CASE WHEN _key.columns IS NULL THEN 'NULL::text'
-                WHEN pg_catalog.cardinality(_cols) = 1 THEN _cols[1] || '::pg_catalog.text'
-                ELSE 'ROW(' || pg_catalog.array_to_string(_cols, ', ') || ')::pg_catalog.text' END;
-    -- item: the row as jsonb, without what pgvision._plain_columns leaves out
-    _item := coalesce((SELECT '(SELECT pg_catalog.to_jsonb(r) FROM (SELECT '
-                              || pg_catalog.string_agg(pg_catalog.format('t.%I', u.c), ', ' ORDER BY u.i) || ') r)'
-                       FROM pg_catalog.unnest(pgvision._plain_columns(tbl)) WITH ORDINALITY u (c, i)),
-                      '''{}''::pg_catalog.jsonb');
+    SELECT r.id, r.item INTO _id, _item FROM pgvision._result_columns(tbl, _key.columns) r;
     _where := pg_catalog.format('t.%I IS NOT NULL', feature_column)
               || CASE WHEN filter IS NULL THEN '' ELSE E' AND (\n' || filter || E'\n)' END
               || CASE WHEN exclude_key IS NULL THEN ''

@@ -109,16 +109,9 @@ BEGIN
     PERFORM pg_catalog.set_config('hnsw.ef_search', LEAST(_ef, 1000)::text, true);
 
     _key := pgvision._row_key(tbl);
-    _id := CASE WHEN _key.columns IS NULL THEN 'NULL::pg_catalog.text'
-                WHEN pg_catalog.cardinality(_key.columns) = 1 THEN pg_catalog.format('t.%I::pg_catalog.text', _key.columns[1])
-                ELSE 'ROW(' || (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', c), ', ')
-                                FROM pg_catalog.unnest(_key.columns) c) || ')::pg_catalog.text' END;
+    SELECT r.id, r.item INTO _id, _item FROM pgvision._result_columns(tbl, _key.columns) r;
     -- the same row found by two views: by its key, or where there is none by where it lies
     _same := CASE WHEN _key.columns IS NULL THEN 'ROW(t.tableoid, t.ctid)::pg_catalog.text' ELSE _id END;
-    _item := coalesce((SELECT '(SELECT pg_catalog.to_jsonb(r) FROM (SELECT '
-                              || pg_catalog.string_agg(pg_catalog.format('t.%I', u.c), ', ' ORDER BY u.i) || ') r)'
-                       FROM pg_catalog.unnest(pgvision._plain_columns(tbl)) WITH ORDINALITY u (c, i)),
-                      '''{}''::pg_catalog.jsonb');
 
     _q := 'WITH v AS (SELECT u.f::' || pg_catalog.quote_ident(_vs) || '.vector AS f, u.p, u.n'
           || ' FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.float8[])) WITH ORDINALITY u (f, p, n)),'

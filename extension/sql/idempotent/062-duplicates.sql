@@ -77,9 +77,7 @@ BEGIN
             USING ERRCODE = 'invalid_table_definition',
                   HINT = 'find_duplicates names rows by their primary key; add one with ALTER TABLE ... ADD PRIMARY KEY';
     END IF;
-    _id := CASE WHEN pg_catalog.cardinality(_key.columns) = 1 THEN pg_catalog.format('t.%I::pg_catalog.text', _key.columns[1])
-                ELSE 'ROW(' || (SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', c), ', ')
-                                FROM pg_catalog.unnest(_key.columns) c) || ')::pg_catalog.text' END;
+    _id := (pgvision._result_columns(tbl, _key.columns)).id;
 
     -- A link's verdict: exact when features (and hashes, where there are) are equal: the
     -- same pixels; near
