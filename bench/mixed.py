@@ -140,6 +140,36 @@ def collection(distractors=3000):
     return originals, others[:distractors]
 
 
+# ---------------------------------------------------------------- labelled cut-outs
+
+@functools.lru_cache(None)
+def labelled_cutouts(per_picture=12):
+    """(JPEG bytes, labels): ``per_picture`` cut-outs of each wallpaper and darknet photo,
+    labelled by the picture they come from; a retrieval set of real, non-square photos.
+
+    Each cut-out covers 20 to 60 % of its picture, with an aspect ratio between 1:2 and 2:1
+    of the picture's own, at a random place, scaled to at most 640 px, JPEG quality 85. Two
+    cut-outs of one picture show overlapping or neighbouring parts of one scene, as photos of
+    one subject, place or product do. Deterministic.
+    """
+    sources = [(name, _load(path)) for name, path, _ in pictures()]
+    sources += [(f"darknet/{n}", Image.open(io.BytesIO(datasets.photo(n))).convert("RGB"))
+                for n in datasets.PHOTOS]
+    out, labels = [], []
+    for label, (name, img) in enumerate(sources):
+        rng = random.Random(f"cutouts/{name}")
+        w, h = img.size
+        for _ in range(per_picture):
+            area = rng.uniform(0.2, 0.6)
+            aspect = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+            cw = min(w, int(round(w * np.sqrt(area * aspect))))
+            ch = min(h, int(round(h * np.sqrt(area / aspect))))
+            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            out.append(jpeg(_scaled(img.crop((x, y, x + cw, y + ch))), 85))
+            labels.append(label)
+    return out, np.asarray(labels)
+
+
 # ---------------------------------------------------------------- edits
 
 def _screenshot(img, rng):
