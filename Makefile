@@ -41,7 +41,8 @@ dev: deps $(VERSION_PY)
 	bash scripts/venv.sh $(DEV_VENV) --no-deps -e ./client
 
 # the default model, built from the published weights with numpy + onnx, and its 8-bit
-# version, quantized with onnxruntime on photos from Debian's packages
+# version, quantized with onnxruntime on photos from Debian's packages, and their variants
+# with features of length 1 (models/variants.py; the same files, linked)
 model: dev
 	$(DEV_VENV)/bin/python models/build.py --out $(MODEL_DIR)
 	install -m 644 $(MODEL_DIR)/efficientnet_lite0.onnx $(MODEL_DIR)/efficientnet_lite0.json $(RUNTIME_PATH)/models/
@@ -49,6 +50,12 @@ model: dev
 	$(DEV_VENV)/bin/python models/quantize.py --model-dir $(MODEL_DIR)
 	install -m 644 $(MODEL_DIR)/efficientnet_lite0_int8.onnx $(MODEL_DIR)/efficientnet_lite0_int8.json $(RUNTIME_PATH)/models/
 	install -m 644 $(MODEL_DIR)/imagenet_classes.txt $(RUNTIME_PATH)/models/efficientnet_lite0_int8.labels.txt
+	$(DEV_VENV)/bin/python models/variants.py --model-dir $(MODEL_DIR)
+	for v in efficientnet_lite0 efficientnet_lite0_int8; do \
+	    install -m 644 $(MODEL_DIR)/$${v}_normalized.json $(RUNTIME_PATH)/models/ && \
+	    ln -sfn $$v.onnx $(RUNTIME_PATH)/models/$${v}_normalized.onnx && \
+	    ln -sfn $$v.labels.txt $(RUNTIME_PATH)/models/$${v}_normalized.labels.txt || exit 1; \
+	done
 
 install: deps runtime extension model
 

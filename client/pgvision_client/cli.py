@@ -122,7 +122,7 @@ def parser():
                         description="Load image files into a table with binary COPY, then compute their features in the database.")
     lp.add_argument("source", metavar="DIR|CSV", help="a folder of images or a CSV file of path[,class]")
     lp.add_argument("--table", required=True, help="table name, optionally SCHEMA.TABLE")
-    lp.add_argument("--model", help=f"model in pgvision.models (default: the table's, else {db.DEFAULT_MODEL})")
+    lp.add_argument("--model", help="model in pgvision.models (default: the table's, else the server's, pgvision.default_model())")
     lp.add_argument("--class-from", choices=["parent-dir", "none"], default="parent-dir",
                     help="class of a file in a folder input (default: parent-dir)")
     lp.add_argument("--batch", type=_positive, default=64, help="files per COPY and rows per embed_table batch (default: 64)")
@@ -139,7 +139,7 @@ def parser():
     sp.add_argument("--metric", choices=["l2", "cosine", "ip"],
                     help="distance (default: the one the feature column's index was built for)")
     sp.add_argument("--where", help="SQL condition on the table's rows, e.g. \"class = 'dog'\"")
-    sp.add_argument("--model", help=f"model in pgvision.models (default: the table's, else {db.DEFAULT_MODEL})")
+    sp.add_argument("--model", help="model in pgvision.models (default: the table's, else the server's, pgvision.default_model())")
     sp.add_argument("--html", metavar="FILE", help="also write a self-contained HTML contact sheet")
 
     up = sub.add_parser("duplicates", parents=[conn], formatter_class=fmt, epilog=DUPLICATES_EPILOG,

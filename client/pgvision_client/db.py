@@ -78,4 +78,12 @@ def pick_model(conn, oid, requested):
     recorded = table_model(conn, oid) if oid else None
     if requested and recorded and requested != recorded:
         raise UserError(f"the features of this table are from model {recorded!r}, not {requested!r}")
-    return requested or recorded or DEFAULT_MODEL
+    return requested or recorded or default_model(conn)
+
+
+def default_model(conn):
+    """The server's default model: pgvision.default_model(), which a server older than 0.3.0
+    does not have; its default is efficientnet_lite0."""
+    if conn.execute("SELECT to_regprocedure('pgvision.default_model()') IS NOT NULL").fetchone()[0]:
+        return conn.execute("SELECT pgvision.default_model()").fetchone()[0]
+    return DEFAULT_MODEL

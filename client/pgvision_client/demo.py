@@ -107,7 +107,7 @@ def _demo(conn, folder, args):
     load.copy_files(conn, TABLE, items, args.batch, result)
     say(f"load: {result.loaded} files copied into table {TABLE} ({time.monotonic() - t:.1f} s)")
     t = time.monotonic()
-    load.embed_table(conn, TABLE, db.DEFAULT_MODEL, args.batch, result)
+    load.embed_table(conn, TABLE, db.default_model(conn), args.batch, result)
     took = time.monotonic() - t
     say(f"embed: {result.embedded} features computed in the database ({took:.1f} s,"
         f" {result.embedded / max(took, 1e-9):.1f} images/s)")

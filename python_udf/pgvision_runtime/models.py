@@ -236,7 +236,11 @@ class Model:
         except Exception as e:
             raise PgvisionError(f"inference failed: {_first_line(e)}",
                                 EXTERNAL_ROUTINE_EXCEPTION) from None
-        return [np.asarray(r, dtype=np.float32) for r in result]
+        result = [np.asarray(r, dtype=np.float32) for r in result]
+        if self.spec.get("normalize") and "feature" in outputs:
+            i = outputs.index("feature")
+            result[i] = normalized(result[i])
+        return result
 
     def prepare(self, data, limits, check=None):
         reduce_to = max(self.spec["size"]) if self.spec.get("decode") == "reduced" else None
@@ -367,6 +371,12 @@ class Model:
                 for future in futures:
                     future.cancel()
                 concurrent.futures.wait(futures)
+
+
+def normalized(features):
+    """Rows scaled to length 1 (a zero row stays zero), in float32 like the model's output."""
+    norms = np.sqrt(np.einsum("ij,ij->i", features, features, dtype=np.float64))
+    return (features / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
 
 
 def _forget_frames(error):

@@ -170,8 +170,15 @@ def append(onnx_bytes, spec, mean, matrix):
         fresh("projection.centered")
     graph.initializer.extend([numpy_helper.from_array(mean, mean_name),
                               numpy_helper.from_array(matrix, matrix_name)])
+    source = feature
+    if spec.get("normalize"):
+        # the projection was learned on the source's features as it returns them, scaled to
+        # length 1; the projected feature is scaled again by the spec, which it keeps
+        source = fresh("projection.unit")
+        graph.node.append(helper.make_node("LpNormalization", [feature], [source], axis=1, p=2,
+                                           name=fresh("projection.normalize")))
     graph.node.extend([
-        helper.make_node("Sub", [feature, mean_name], [centered], name=fresh("projection.sub")),
+        helper.make_node("Sub", [source, mean_name], [centered], name=fresh("projection.sub")),
         helper.make_node("MatMul", [centered, matrix_name], [output], name=fresh("projection.matmul")),
     ])
     batch = None

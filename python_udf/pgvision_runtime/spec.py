@@ -18,7 +18,7 @@ LAYOUTS = ("NCHW", "NHWC")
 COLORS = ("RGB", "BGR")
 DECODES = ("full", "reduced")
 KNOWN_KEYS = {"input", "layout", "size", "resample", "fit", "color", "scale", "mean", "std",
-              "background", "outputs", "decode"}
+              "background", "outputs", "decode", "normalize"}
 MAX_SIDE = 4096
 
 
@@ -92,6 +92,13 @@ def validate(spec):
         if spec["decode"] not in DECODES:
             _fail(f'"decode" must be one of {", ".join(DECODES)}, not {spec["decode"]!r}')
         out["decode"] = spec["decode"]
+
+    # true: the feature leaves the model scaled to length 1, so that L2 distance, cosine
+    # distance and inner product rank alike. Kept out of specs that do not ask for it.
+    if "normalize" in spec:
+        if not isinstance(spec["normalize"], bool):
+            _fail('"normalize" must be true or false')
+        out["normalize"] = spec["normalize"]
 
     outputs = spec.get("outputs")
     if not isinstance(outputs, dict) or not isinstance(outputs.get("feature"), str):

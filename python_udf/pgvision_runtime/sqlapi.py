@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from . import cache, errors, images, models, sharing, spec as specs
+from . import cache, errors, images, models, node_trees, sharing, spec as specs
 from .errors import (CONFIG_FILE_ERROR, DATA_EXCEPTION, DUPLICATE_OBJECT, INVALID_PARAMETER_VALUE,
                      UNDEFINED_OBJECT, ModelError, PgvisionError)
 
@@ -425,6 +425,20 @@ def _parse_json(text, what):
         raise PgvisionError(f"invalid {what}: nested too deeply", INVALID_PARAMETER_VALUE) from None
 
 
+def _is_default_model(plpy, name):
+    """Whether ``name`` is the install's default (pgvision.defaults, from version 0.3.0)."""
+    return bool(plpy.execute(
+        "SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass('pgvision.defaults')")) \
+        and bool(plpy.execute(plpy.prepare("SELECT 1 FROM pgvision.defaults d WHERE d.model = $1",
+                                           ["text"]), [name]))
+
+
+def calls_leaving_out_model(tree, funcs, nargs):
+    """Whether a stored expression calls one of ``funcs`` (oids, each with ``nargs``
+    arguments) without its model argument (node_trees)."""
+    return node_trees.calls_with_fewer_args(tree, dict(zip(funcs, nargs)))
+
+
 def _is_superuser(plpy):
     return plpy.execute("SELECT r.rolsuper FROM pg_catalog.pg_roles r "
                         "WHERE r.rolname = pg_catalog.current_user()")[0]["rolsuper"]
@@ -447,6 +461,9 @@ def registry_write(plpy, GD, TD):
             raise PgvisionError(f'{kind} "{row["name"]}" is installed with the extension',
                                 "2BP01", hint=f"built-in {kind}s go away with DROP EXTENSION pgvision")
         if kind == "model":
+            if _is_default_model(plpy, row["name"]):
+                raise PgvisionError(f'model "{row["name"]}" is the default model', "2BP01",
+                                    hint="make another one the default first with pgvision.set_default_model")
             used = plpy.execute(state(plpy, GD).model_pipelines, [row["name"]])
             if used:
                 raise PgvisionError(f'model "{row["name"]}" is used by pipeline "{used[0]["name"]}"',

@@ -50,7 +50,7 @@ $python$;
 COMMENT ON FUNCTION pgvision._release_batch_memory() IS
 'internal: gives back the activation memory that batches run with keep_memory left in this backend''s loaded models; returns how many models it went through';
 
-CREATE OR REPLACE FUNCTION pgvision.embed(image bytea, model text DEFAULT 'efficientnet_lite0')
+CREATE OR REPLACE FUNCTION pgvision.embed(image bytea, model text DEFAULT 'efficientnet_lite0_normalized')
 RETURNS vector
 LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE COST 100000
 SET search_path = pg_catalog, pg_temp
@@ -60,7 +60,7 @@ $$;
 COMMENT ON FUNCTION pgvision.embed(bytea, text) IS
 'feature vector of an image (JPEG, PNG, GIF, WebP, BMP or TIFF bytes) computed by a registered model; IMMUTABLE because a model never changes under its name';
 
-CREATE OR REPLACE FUNCTION pgvision.embed_batch(images bytea[], model text DEFAULT 'efficientnet_lite0')
+CREATE OR REPLACE FUNCTION pgvision.embed_batch(images bytea[], model text DEFAULT 'efficientnet_lite0_normalized')
 RETURNS vector[]
 LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE COST 1000000
 SET search_path = pg_catalog, pg_temp

@@ -2,16 +2,6 @@
 -- a column records it through set_column_model, the searches embed with _query_model.
 -- A column without a record is searched with the default model, as before records existed.
 
-CREATE OR REPLACE FUNCTION pgvision._default_model()
-RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT 'efficientnet_lite0'::text
-$$;
-COMMENT ON FUNCTION pgvision._default_model() IS
-'internal: the model a search of a column without a recorded model embeds its query with (efficientnet_lite0)';
-
 COMMENT ON TABLE pgvision.feature_models IS
 'the model that fills each feature column, recorded by embed_table, enable_auto_embed, create_sharded_table, embed_shards and set_column_model; searches embed their queries with it; a role sees the rows of the tables it can read';
 COMMENT ON COLUMN pgvision.feature_models.tbl IS 'the table (follows ALTER TABLE RENAME)';
@@ -90,7 +80,7 @@ BEGIN
         _recorded := pgvision.column_model(tbl, feature_column);
     END IF;
     IF model IS NULL OR model = '' THEN  -- not given
-        RETURN coalesce(_recorded, pgvision._default_model());
+        RETURN coalesce(_recorded, pgvision.default_model());
     END IF;
     IF _recorded IS DISTINCT FROM model AND _recorded IS NOT NULL THEN
         RAISE EXCEPTION 'feature column "%" of relation % holds features of model "%", not "%"',

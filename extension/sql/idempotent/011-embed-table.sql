@@ -211,7 +211,7 @@ BEGIN
     END IF;
     -- left out (''): the column's recorded model, else the default one
     IF _model OPERATOR(pg_catalog.=) '' THEN
-        _model := COALESCE(pgvision.column_model(tbl, feature_column), pgvision._default_model());
+        _model := COALESCE(pgvision.column_model(tbl, feature_column), pgvision.default_model());
     END IF;
     _key := pgvision._embed_table_start(tbl, image_column, feature_column, _model, batch_size,
                                         key_column, retry_errors);
@@ -226,4 +226,4 @@ BEGIN
 END
 $$;
 COMMENT ON PROCEDURE pgvision.embed_table(regclass, name, name, text, int, name, boolean) IS
-'fills the NULL features of a table from its images with model (left out: the feature column''s recorded model, else efficientnet_lite0) and records the model (pgvision.set_column_model; another model is refused while the column holds features), batch_size rows per batch, committing after each batch (the model takes them pgvision.batch_size images at a time); progress in pgvision.backfill_progress, bad images in pgvision.backfill_errors; CALL it outside a transaction block; can be interrupted and run again';
+'fills the NULL features of a table from its images with model (left out: the feature column''s recorded model, else the default model, pgvision.default_model()) and records the model (pgvision.set_column_model; another model is refused while the column holds features), batch_size rows per batch, committing after each batch (the model takes them pgvision.batch_size images at a time); progress in pgvision.backfill_progress, bad images in pgvision.backfill_errors; CALL it outside a transaction block; can be interrupted and run again';

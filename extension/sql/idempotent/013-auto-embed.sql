@@ -28,7 +28,7 @@ AS $$
 BEGIN
     PERFORM pgvision._check_owner(tbl);
     IF model = '' THEN  -- left out: the column's recorded model, else the default one
-        model := coalesce(pgvision.column_model(tbl, feature_column), pgvision._default_model());
+        model := coalesce(pgvision.column_model(tbl, feature_column), pgvision.default_model());
     END IF;
     PERFORM pgvision._embed_columns(tbl, image_column, feature_column, model);
     PERFORM pgvision.set_column_model(tbl, feature_column, model);
@@ -39,7 +39,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision.enable_auto_embed(regclass, name, name, text) IS
-'creates the trigger pgvision_auto_embed, which sets the feature column to pgvision.embed of the image column with model (left out: the column''s recorded model, else efficientnet_lite0; recorded with pgvision.set_column_model) on INSERT and on UPDATE of the image column (NULL image, NULL feature); replaces an earlier one; for the table''s owner';
+'creates the trigger pgvision_auto_embed, which sets the feature column to pgvision.embed of the image column with model (left out: the column''s recorded model, else the default model, pgvision.default_model(); recorded with pgvision.set_column_model) on INSERT and on UPDATE of the image column (NULL image, NULL feature); replaces an earlier one; for the table''s owner';
 
 CREATE OR REPLACE FUNCTION pgvision.disable_auto_embed(tbl regclass)
 RETURNS void

@@ -132,7 +132,7 @@ BEGIN
         RAISE EXCEPTION 'model "%" does not exist', model USING ERRCODE = 'undefined_object',
             HINT = 'SELECT name FROM pgvision.models lists the registered models';
     END IF;
-    _current := coalesce(pgvision.column_model(tbl, feature_column), pgvision._default_model());
+    _current := coalesce(pgvision.column_model(tbl, feature_column), pgvision.default_model());
     IF _current = model THEN
         RAISE EXCEPTION 'feature column "%" of relation % already holds features of model "%"',
                         feature_column, tbl, model USING ERRCODE = 'invalid_parameter_value';

@@ -16,7 +16,7 @@ BEGIN
     END IF;
     IF model IS NULL THEN
         RAISE EXCEPTION 'model must not be null' USING ERRCODE = 'null_value_not_allowed',
-            HINT = 'leave it out for the feature column''s recorded model (pgvision.column_model), else efficientnet_lite0';
+            HINT = 'leave it out for the feature column''s recorded model (pgvision.column_model), else the default model (pgvision.default_model())';
     END IF;
     IF missing THEN
         RAISE EXCEPTION '%', message USING ERRCODE = 'null_value_not_allowed';
@@ -43,7 +43,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision.search(regclass, bytea, int, name, text, text, text, name, double precision, double precision, int) IS
-'the k rows of a table whose feature is nearest to an image''s, nearest first: query_no (1), rank, id (the primary key as text), distance (l2: <->, cosine: <=>, ip: <#>, the negative inner product), similarity (larger is nearer; cosine: 1 - distance, ip: the inner product, l2: 1 / (1 + distance)), item (the row as jsonb without vector and bytea columns). The query is embedded with model, left out: the feature column''s recorded model (pgvision.column_model), else efficientnet_lite0; another model than the recorded one is refused. metric defaults to the one the column''s pgvector index was built for (pgvision.create_index builds cosine ones), cosine when it has none. filter is a SQL condition on the table''s columns, run as the caller with search_path = pg_catalog, pg_temp (qualify your own functions); iterative index scans return k rows when k rows match it. group_by keeps the best row per value of a column; max_distance and min_similarity drop farther rows; expand => n searches again with a query made half of the original and half of the mean of its n nearest rows';
+'the k rows of a table whose feature is nearest to an image''s, nearest first: query_no (1), rank, id (the primary key as text), distance (l2: <->, cosine: <=>, ip: <#>, the negative inner product), similarity (larger is nearer; cosine: 1 - distance, ip: the inner product, l2: 1 / (1 + distance)), item (the row as jsonb without vector and bytea columns). The query is embedded with model, left out: the feature column''s recorded model (pgvision.column_model), else the default model (pgvision.default_model()); another model than the recorded one is refused. metric defaults to the one the column''s pgvector index was built for (pgvision.create_index builds cosine ones), cosine when it has none. filter is a SQL condition on the table''s columns, run as the caller with search_path = pg_catalog, pg_temp (qualify your own functions); iterative index scans return k rows when k rows match it. group_by keeps the best row per value of a column; max_distance and min_similarity drop farther rows; expand => n searches again with a query made half of the original and half of the mean of its n nearest rows';
 
 CREATE OR REPLACE FUNCTION pgvision.search_batch(
     tbl regclass, queries bytea[], k int DEFAULT 10, feature_column name DEFAULT 'feature',
@@ -181,4 +181,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision.query_vector(regclass, name, bytea) IS
-'pgvision.embed of an image with the model recorded for a feature column (pgvision.column_model), else efficientnet_lite0: the query vector for ORDER BY feature <=> pgvision.query_vector(''images'', ''feature'', $1); NULL for a NULL image';
+'pgvision.embed of an image with the model recorded for a feature column (pgvision.column_model), else the default model (pgvision.default_model()): the query vector for ORDER BY feature <=> pgvision.query_vector(''images'', ''feature'', $1); NULL for a NULL image';

@@ -169,7 +169,7 @@ CREATE OR REPLACE FUNCTION pgvision.create_sharded_table(
     shards name[] DEFAULT NULL,
     image_column name DEFAULT 'image',
     feature_column name DEFAULT 'feature',
-    model text DEFAULT 'efficientnet_lite0',
+    model text DEFAULT 'efficientnet_lite0_normalized',
     auto_embed boolean DEFAULT true,
     metric text DEFAULT pgvision._default_metric(),
     m int DEFAULT 16,

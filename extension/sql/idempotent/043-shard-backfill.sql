@@ -55,7 +55,7 @@ COMMENT ON FUNCTION pgvision._embed_shard(boolean, text, name, text, name, name,
 'internal: starts (start) or finishes CALL pgvision.embed_table on a shard over a dblink connection of its own; finishing analyzes the shard''s table and returns its progress; either returns an error as {"state", "error"}';
 
 CREATE OR REPLACE FUNCTION pgvision.embed_shards(tbl regclass, image_column name, feature_column name,
-                                                 model text DEFAULT 'efficientnet_lite0',
+                                                 model text DEFAULT 'efficientnet_lite0_normalized',
                                                  batch_size int DEFAULT 64,
                                                  retry_errors boolean DEFAULT false)
 RETURNS TABLE (shard name, rows_embedded bigint, failed bigint, without_image bigint, seconds double precision)

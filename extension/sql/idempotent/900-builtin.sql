@@ -1,6 +1,8 @@
 -- Built-in models and pipelines, and who may use what. Runs on install and on every upgrade.
 
 SELECT pgvision._install_builtin_models();
+-- the install's default (incremental/006) into the signatures that default to it
+SELECT pgvision._apply_default_model(pgvision.default_model());
 
 INSERT INTO pgvision.pipelines (name, model, options, builtin)
 VALUES ('general_feature_extractor', 'efficientnet_lite0', '{"output": "feature", "normalize": false}', true)
