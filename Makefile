@@ -88,7 +88,7 @@ demo-sql: install
 # Benchmarks (BENCHMARKS.md): each bench/*.py prints its figures and writes
 # bench/results/NAME.{json,md,png}; bench/report.py assembles BENCHMARKS.md from them.
 # BENCH runs a subset, e.g. `make bench BENCH="inference memory"`; BENCH_ARGS go to each script.
-BENCH ?= inference ingest search quality memory int8 projection copies shards
+BENCH ?= inference ingest search quality preprocess memory int8 projection copies shards
 BENCH_ARGS ?=
 bench-venv: dev
 	bash scripts/venv.sh $(DEV_VENV) -r requirements-dev.txt -r requirements-bench.txt

@@ -1,19 +1,24 @@
-"""Figure 2: image files on disk to searchable rows with an HNSW index, two ways.
+"""Figure 2: image files on disk to searchable rows with an HNSW index, three ways.
 
     build/venv/bin/python bench/ingest.py [--images 60000] [--chunks 6]
 
-pgvision: COPY the image bytes in, CALL pgvision.embed_table, build the HNSW index.
-Seed recipe: extract the features in this (client) process with the same model, the same
-preprocessing code and the same thread count, write them as pgvector text, COPY them in,
-build the same index. Both on one throwaway server, on the Fashion-MNIST train set as PNG
-files. The files are processed in chunks and the contenders alternate chunk by chunk (then
-index by index), so a slow patch of a shared machine hits both. Between chunks the pure
-inference limit is measured: images/s of onnxruntime alone on prepared batches of the same
-size. Prints the phases, images/s, the ratio to the seed recipe and to the limit.
+pgvision: COPY the image bytes in, CALL pgvision.embed_table with efficientnet_lite0 (named,
+not left to the install's default), build the HNSW index.
+pgvision int8: the same into a table of its own, with the built-in 8-bit model
+efficientnet_lite0_int8.
+Seed recipe: extract the features in this (client) process with the same float model, the
+same preprocessing code and the same thread count, write them as pgvector text, COPY them in,
+build the same index. All on one throwaway server, on the Fashion-MNIST train set as PNG
+files. The files are processed in chunks and the contenders take turns chunk by chunk, the
+order rotating (then index by index), so a slow patch of a shared machine hits all. Between
+chunks the pure inference limit is measured, of each model: images/s of onnxruntime alone on
+prepared batches of the same size. Prints the phases, images/s, the ratios to the seed
+recipe and to the limit.
 """
 
 import argparse
 import io
+import json
 import time
 
 import numpy as np
@@ -21,7 +26,8 @@ import psycopg
 
 import common
 
-BATCH = 32          # images per model call in both contenders (pgvision.batch_size's default)
+FP32, INT8 = "efficientnet_lite0", "efficientnet_lite0_int8"
+BATCH = 32          # images per model call in every contender (pgvision.batch_size's default)
 ROWS_PER_TXN = 64   # embed_table's batch_size: rows per transaction
 HNSW = "USING hnsw (feature vector_l2_ops) WITH (m = 16, ef_construction = 64)"
 # Both index builds get the same memory; enough for 60k x 1280-d graphs to be built in
@@ -43,35 +49,33 @@ def vector_text(row):
 
 
 class Pgvision:
-    name = "pgvision"
-
-    def __init__(self, conn):
-        self.conn = conn
-        conn.execute("CREATE TABLE images (id bigint PRIMARY KEY, path text NOT NULL, "
+    def __init__(self, conn, name="pgvision", table="images", model=FP32):
+        self.conn, self.name, self.table, self.model = conn, name, table, model
+        conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, path text NOT NULL, "
                      f"image bytea NOT NULL, feature vector(1280)) WITH ({TABLE_OPTIONS})")
         self.phases = {"copy bytes": 0.0, "embed in the database": 0.0, "VACUUM": 0.0, "HNSW index": 0.0}
 
     def chunk(self, ids, paths):
         with common.Clock() as c:
             with self.conn.cursor() as cur, cur.copy(
-                    "COPY images (id, path, image) FROM STDIN (FORMAT BINARY)") as copy:
+                    f"COPY {self.table} (id, path, image) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(["int8", "text", "bytea"])
                 for i, p in zip(ids, paths):
                     copy.write_row((i, str(p), p.read_bytes()))
         self.phases["copy bytes"] += c.seconds
         with common.Clock() as c:
-            self.conn.execute("CALL pgvision.embed_table('images', 'image', 'feature', "
-                              "batch_size => %s)", [ROWS_PER_TXN])
+            self.conn.execute("CALL pgvision.embed_table(%s, 'image', 'feature', model => %s, "
+                              "batch_size => %s)", [self.table, self.model, ROWS_PER_TXN])
         self.phases["embed in the database"] += c.seconds
 
     def index(self):
         # the dead row versions the UPDATE of every row left
         with common.Clock() as c:
-            self.conn.execute("VACUUM images")
+            self.conn.execute(f"VACUUM {self.table}")
         self.phases["VACUUM"] += c.seconds
         with common.Clock() as c:
-            self.conn.execute("SELECT pgvision.create_index('images', 'feature', metric => 'l2', m => 16, "
-                              "ef_construction => 64)")
+            self.conn.execute("SELECT pgvision.create_index(%s, 'feature', metric => 'l2', m => 16, "
+                              "ef_construction => 64)", [self.table])
         self.phases["HNSW index"] += c.seconds
 
 
@@ -102,6 +106,12 @@ class Seed:
         with common.Clock() as c:
             self.conn.execute(f"CREATE INDEX seed_feature_idx ON seed {HNSW}")
         self.phases["HNSW index"] += c.seconds
+
+
+def int8_model(threads=0):
+    """The built-in 8-bit model as the database registers it, loaded directly with onnxruntime."""
+    spec = common.specs.validate(json.loads((common.MODEL_DIR / f"{INT8}.json").read_text()))
+    return common.models.Model((common.MODEL_DIR / f"{INT8}.onnx").read_bytes(), spec, threads=threads)
 
 
 def inference_limit(model, tensors, seconds=20.0):
@@ -138,9 +148,10 @@ def plot(result, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    names = ("pgvision", "pgvision int8", "seed recipe")
+    fig, ax = plt.subplots(figsize=(8, 3.8))
     colors = ["#4c72b0", "#dd8452", "#8172b3", "#55a868"]
-    for row, c in enumerate(("pgvision", "seed recipe")):
+    for row, c in enumerate(names):
         left = 0.0
         for (phase, secs), color in zip(result["contenders"][c]["phases"].items(), colors):
             ax.barh(row, secs, left=left, color=color, edgecolor="white")
@@ -150,9 +161,12 @@ def plot(result, path):
             left += secs
     limit = result["images"] / result["inference_limit_images_per_s"]
     ax.axvline(limit, color="black", linestyle="--", linewidth=1)
-    ax.text(limit, 1.45, f" inference alone: {limit:.0f} s", fontsize=7, va="center")
-    ax.set_yticks([0, 1], ["pgvision", "seed recipe"])
-    ax.set_ylim(-0.6, 1.7)
+    ax.text(limit, 2.45, f" float inference alone: {limit:.0f} s", fontsize=7, va="center")
+    limit8 = result["images"] / result["inference_limit_int8_images_per_s"]
+    ax.plot([limit8, limit8], [0.6, 1.4], color="black", linestyle=":", linewidth=1)
+    ax.text(limit8, 1.5, f" 8-bit inference alone: {limit8:.0f} s", fontsize=7, va="center")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_ylim(-0.6, 2.7)
     ax.invert_yaxis()
     ax.set_xlabel(f"seconds, {result['images']:,} Fashion-MNIST PNG files to an HNSW-indexed table")
     fig.tight_layout()
@@ -160,47 +174,54 @@ def plot(result, path):
 
 
 def report(result, plot_file):
-    p, s = result["contenders"]["pgvision"], result["contenders"]["seed recipe"]
-    lim = result["inference_limit_images_per_s"]
+    p, q, s = (result["contenders"][n] for n in ("pgvision", "pgvision int8", "seed recipe"))
+    lim, lim8 = result["inference_limit_images_per_s"], result["inference_limit_int8_images_per_s"]
     lines = [
         "## 2. End-to-end ingest",
         "",
         f"{result['images']:,} Fashion-MNIST train images as PNG files on disk to rows searchable "
         "through an HNSW index (m 16, ef_construction 64, L2), on one throwaway server "
-        f"(maintenance_work_mem {SETTINGS['maintenance_work_mem']} and 2 parallel workers for both "
+        f"(maintenance_work_mem {SETTINGS['maintenance_work_mem']} and 2 parallel workers for all three "
         "index builds: PostgreSQL gives them by the size of a table's main fork, here "
-        f"{result['main_fork_bytes']['images'] / 2**20:.0f} MB for pgvision's, where the images are, and "
+        f"{result['main_fork_bytes']['images'] / 2**20:.0f} MB for pgvision's, where the images are "
+        f"({result['main_fork_bytes']['images_int8'] / 2**20:.0f} MB for the 8-bit one's), and "
         f"{result['main_fork_bytes']['seed'] / 2**20:.0f} MB for the seed's, a key, a path and a TOAST "
         "pointer to the vector a row, under the 8 MB of min_parallel_table_scan_size that one worker takes). "
-        "**pgvision**: binary COPY of the file bytes, `CALL pgvision.embed_table(...)` "
+        f"**pgvision**: binary COPY of the file bytes, `CALL pgvision.embed_table(..., model => '{FP32}')` "
         f"({ROWS_PER_TXN} rows per transaction, {BATCH} images per model call), "
         "`VACUUM` (the UPDATE leaves a dead version of every row; autovacuum is off for the run, so "
         "that it cannot clean up during the other contender's turn), `pgvision.create_index`. "
-        "**Seed recipe**: the same model, preprocessing code and "
+        f"**pgvision int8**: the same, into a table of its own, with the built-in 8-bit model, "
+        f"`model => '{INT8}'` (registered by CREATE EXTENSION). "
+        "**Seed recipe**: the same float model, preprocessing code and "
         "thread count in the client process, vectors written as text and COPYed in, the same "
-        f"index. The files go through in {result['chunks']} chunks, the contenders alternating "
-        "chunk by chunk and then index by index. The *inference limit* is onnxruntime's "
-        f"`session.run` alone on prepared batches of {BATCH}, measured between chunks "
-        f"(median of {len(result['inference_limit_samples'])}).",
+        f"index. The files go through in {result['chunks']} chunks, the contenders taking turns "
+        "chunk by chunk (the order rotating) and then index by index. The *inference limit* is "
+        f"onnxruntime's `session.run` alone on prepared batches of {BATCH}, of the float model "
+        "and of the 8-bit one, measured between chunks "
+        f"(medians of {len(result['inference_limit_samples'])}).",
         "",
-        "| | pgvision | seed recipe |",
-        "|---|---:|---:|",
+        "| | pgvision | pgvision int8 | seed recipe |",
+        "|---|---:|---:|---:|",
     ]
-    for (pp, ps), (sp, ss) in zip(p["phases"].items(), s["phases"].items()):
+    for (pp, ps), qs, (sp, ss) in zip(p["phases"].items(), q["phases"].values(), s["phases"].items()):
         if sp:
-            lines.append(f"| {pp} / {sp} | {ps:.1f} s | {ss:.1f} s |")
+            lines.append(f"| {pp} / {sp} | {ps:.1f} s | {qs:.1f} s | {ss:.1f} s |")
         else:
-            lines.append(f"| {pp} | {ps:.1f} s | |")
+            lines.append(f"| {pp} | {ps:.1f} s | {qs:.1f} s | |")
     lines += [
-        f"| **end to end** | **{p['seconds']:.1f} s** | **{s['seconds']:.1f} s** |",
-        f"| images/s | {p['images_per_s']:.1f} | {s['images_per_s']:.1f} |",
-        f"| of the inference limit ({lim:.1f} images/s) | {p['images_per_s'] / lim:.3f} "
+        f"| **end to end** | **{p['seconds']:.1f} s** | **{q['seconds']:.1f} s** | **{s['seconds']:.1f} s** |",
+        f"| images/s | {p['images_per_s']:.1f} | {q['images_per_s']:.1f} | {s['images_per_s']:.1f} |",
+        f"| of the inference limit ({lim:.1f} images/s float, {lim8:.1f} 8-bit) "
+        f"| {p['images_per_s'] / lim:.3f} | {q['images_per_s'] / lim8:.3f} (8-bit) "
         f"| {s['images_per_s'] / lim:.3f} |",
         "",
         f"pgvision / seed recipe: **{result['ratio_to_seed']:.3f}** (target at least 1); "
+        f"pgvision int8 / seed recipe: **{result['ratio_int8_to_seed']:.3f}** (target at least 2); "
         f"pgvision / inference limit: **{result['ratio_to_limit']:.3f}** (target at least 0.8). "
-        f"Features of both tables compared on {result['compared_rows']} rows: max |diff| "
-        f"{result['max_abs_diff']:.1e}.",
+        f"Features of both float tables compared on {result['compared_rows']} rows: max |diff| "
+        f"{result['max_abs_diff']:.1e}; the 8-bit features differ by design, median cosine to the "
+        f"float ones {result['int8_median_cosine']:.4f} (min {result['int8_min_cosine']:.4f}) on the same rows.",
         "",
         f"![ingest phases]({plot_file})",
         "",
@@ -233,8 +254,10 @@ def main():
         paths = common.fashion_pngs("train", args.images)
     print(f"{len(paths)} PNG files under {paths[0].parent} ({c.seconds:.1f} s to write the missing ones)")
     model = common.default_model()
+    model8 = int8_model()
     sample = np.stack([model.prepare(p.read_bytes(), common.LIMITS) for p in paths[:10 * BATCH]])
-    limits = []
+    sample8 = np.stack([model8.prepare(p.read_bytes(), common.LIMITS) for p in paths[:10 * BATCH]])
+    limits, limits8 = [], []
     arena_images = [p.read_bytes() for p in paths[:10 * ROWS_PER_TXN]]
     arena = dict(arena_effect(model, arena_images), images=len(arena_images))
     print(f"embed_many, {ROWS_PER_TXN} images a call: {arena['keep']:.1f} images/s keeping the "
@@ -244,51 +267,70 @@ def main():
         with psycopg.connect(server.conninfo, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION pgvision CASCADE")
             conn.add_notice_handler(lambda n: None)
-            contenders = [Pgvision(conn), Seed(conn, model)]
+            contenders = [Pgvision(conn), Seed(conn, model),
+                          Pgvision(conn, "pgvision int8", "images_int8", INT8)]
             ids = np.arange(1, len(paths) + 1)
             bounds = np.linspace(0, len(paths), args.chunks + 1).astype(int)
             for n, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
                 limits.append(inference_limit(model, sample))
-                order = contenders if n % 2 == 0 else contenders[::-1]
+                limits8.append(inference_limit(model8, sample8))
+                # each contender goes first, second and third in turn
+                order = contenders[n % 3:] + contenders[:n % 3]
                 for ct in order:
                     ct.chunk(ids[lo:hi].tolist(), paths[lo:hi])
-                print(f"chunk {n + 1}/{args.chunks}: {hi} images; inference limit {limits[-1]:.1f} images/s; "
+                print(f"chunk {n + 1}/{args.chunks}: {hi} images; inference limit {limits[-1]:.1f} "
+                      f"images/s, 8-bit {limits8[-1]:.1f}; "
                       + "; ".join(f"{ct.name} {sum(ct.phases.values()):.0f} s" for ct in contenders),
                       flush=True)
             limits.append(inference_limit(model, sample))
+            limits8.append(inference_limit(model8, sample8))
             for ct in contenders:
                 ct.index()
                 print(f"{ct.name} index {ct.phases['HNSW index']:.1f} s", flush=True)
-            conn.execute("ANALYZE images; ANALYZE seed")
+            conn.execute("ANALYZE images; ANALYZE seed; ANALYZE images_int8")
             diff = conn.execute(
                 "SELECT count(*), max(abs(d)) FROM (SELECT unnest(i.feature::real[]) - "
                 "unnest(s.feature::real[]) AS d FROM images i JOIN seed s USING (id) "
                 "WHERE i.id % 97 = 0) x").fetchone()
             rows = conn.execute("SELECT count(*) FROM images WHERE id % 97 = 0").fetchone()[0]
+            cos8 = conn.execute(
+                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY c), min(c) FROM (SELECT "
+                "1 - (q.feature <=> i.feature) AS c FROM images i JOIN images_int8 q USING (id) "
+                "WHERE i.id % 97 = 0) x").fetchone()
             sizes = {t: conn.execute("SELECT pg_relation_size(%s::regclass)", [t]).fetchone()[0]
-                     for t in ("images", "seed")}
+                     for t in ("images", "seed", "images_int8")}
             missing = conn.execute("SELECT (SELECT count(*) FROM images WHERE feature IS NULL) + "
-                                   "(SELECT count(*) FROM seed WHERE feature IS NULL)").fetchone()[0]
+                                   "(SELECT count(*) FROM seed WHERE feature IS NULL) + "
+                                   "(SELECT count(*) FROM images_int8 WHERE feature IS NULL)").fetchone()[0]
             if missing:
                 raise SystemExit(f"{missing} rows without a feature: the comparison is void")
 
     result = {"images": len(paths), "chunks": args.chunks, "batch": BATCH, "settings": SETTINGS,
               "inference_limit_samples": limits,
               "inference_limit_images_per_s": common.median(limits),
-              "arena": arena, "main_fork_bytes": sizes, "compared_rows": rows, "max_abs_diff": float(diff[1] or 0.0), "contenders": {}}
+              "inference_limit_int8_samples": limits8,
+              "inference_limit_int8_images_per_s": common.median(limits8),
+              "arena": arena, "main_fork_bytes": sizes, "compared_rows": rows, "max_abs_diff": float(diff[1] or 0.0),
+              "int8_median_cosine": float(cos8[0]), "int8_min_cosine": float(cos8[1]), "contenders": {}}
     for ct in contenders:
         total = sum(ct.phases.values())
         result["contenders"][ct.name] = {"phases": ct.phases, "seconds": total,
                                          "images_per_s": len(paths) / total}
     p = result["contenders"]["pgvision"]["images_per_s"]
     result["ratio_to_seed"] = p / result["contenders"]["seed recipe"]["images_per_s"]
+    # images/s over images/s: the seed recipe's seconds over the 8-bit contender's
+    result["ratio_int8_to_seed"] = (result["contenders"]["pgvision int8"]["images_per_s"]
+                                    / result["contenders"]["seed recipe"]["images_per_s"])
     result["ratio_to_limit"] = p / result["inference_limit_images_per_s"]
     for name, r in result["contenders"].items():
-        print(f"{name:<12} " + ", ".join(f"{k} {v:.1f} s" for k, v in r["phases"].items() if k)
+        print(f"{name:<13} " + ", ".join(f"{k} {v:.1f} s" for k, v in r["phases"].items() if k)
               + f"; end to end {r['seconds']:.1f} s = {r['images_per_s']:.1f} images/s")
     print(f"inference limit {result['inference_limit_images_per_s']:.1f} images/s; "
-          f"pgvision/seed {result['ratio_to_seed']:.3f}; pgvision/limit {result['ratio_to_limit']:.3f}; "
-          f"max |diff| {result['max_abs_diff']:.1e} over {rows} rows")
+          f"8-bit {result['inference_limit_int8_images_per_s']:.1f}; "
+          f"pgvision/seed {result['ratio_to_seed']:.3f}; int8/seed {result['ratio_int8_to_seed']:.3f}; "
+          f"pgvision/limit {result['ratio_to_limit']:.3f}; "
+          f"max |diff| {result['max_abs_diff']:.1e} over {rows} rows; "
+          f"int8 to float cosine median {result['int8_median_cosine']:.4f}, min {result['int8_min_cosine']:.4f}")
     path = common.plot_path("ingest", "phases")
     plot(result, path)
     common.write_results("ingest", result, report(result, path.name))

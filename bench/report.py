@@ -14,6 +14,7 @@ import common
 
 ORDER = [("inference", "1. Inference overhead"), ("ingest", "2. End-to-end ingest"),
          ("search", "3. Search"), ("quality", "4. Retrieval quality"),
+         ("preprocess", "4b. Retrieval quality on real photos"),
          ("memory", "5. Cold start and memory"), ("int8", "6. INT8 models"),
          ("projection", "7. Models learned from your table"),
          ("copies", "8. Copies and duplicates"),
@@ -28,7 +29,7 @@ with
     make bench
 
 (sets everything up, then runs `bench/inference.py`, `ingest.py`, `search.py`,
-`quality.py`, `memory.py`, `int8.py`, `projection.py`, `copies.py` and `shards.py` in turn, each on its own throwaway server under
+`quality.py`, `preprocess.py`, `memory.py`, `int8.py`, `projection.py`, `copies.py` and `shards.py` in turn, each on its own throwaway server under
 /var/tmp/pgvision-bench, and rebuilds this page), or one of them with
 `make bench BENCH=search`. Comparisons are measured in one run, the contenders alternating
 on the same images with the same thread count; the figures are medians, and ratios are

@@ -110,7 +110,7 @@ def test_bad_image_is_recorded_and_the_rest_embedded(conn, make_table):
                         "WHERE tbl = 'bf_bad'::regclass").fetchall()
     assert len(rows) == 1
     key, sqlstate, error, model = rows[0]
-    assert (key, sqlstate, model) == ("3", "22P03", "efficientnet_lite0")
+    assert (key, sqlstate, model) == ("3", "22P03", "efficientnet_lite0_normalized")
     assert "not recognized" in error
     assert progress(conn, "bf_bad")["errors"] == 1
 
@@ -149,7 +149,7 @@ def test_progress_row_and_notices(conn, make_table, notices):
     backfill(conn, "bf_progress", batch_size=4)
     p = progress(conn, "bf_progress")
     assert (p["image_column"], p["feature_column"], p["key_column"], p["model"], p["batch_size"]) == \
-        ("image", "feature", "id", "efficientnet_lite0", 4)
+        ("image", "feature", "id", "efficientnet_lite0_normalized", 4)
     assert (p["rows_done"], p["rows_left"], p["errors"], p["null_images"]) == (4, 0, 1, 1)
     assert p["rate"] > 0 and p["started"] <= p["updated"] <= p["finished"]
     assert notices[0] == "public.bf_progress: 6 rows to embed"
@@ -202,7 +202,7 @@ def test_backfill_keeps_activation_memory_between_batches_and_gives_it_back(conn
     loaded = rss_anon_mb(conn)
 
     # what the backfill's batches do: each keeps the arena for the next
-    conn.execute("SELECT pgvision._embed_batch_float4(%s, 'efficientnet_lite0', true)", [IMAGES[:8]])
+    conn.execute("SELECT pgvision._embed_batch_float4(%s, pgvision.default_model(), true)", [IMAGES[:8]])
     assert rss_anon_mb(conn) > loaded + 40
     assert conn.execute("SELECT pgvision._release_batch_memory()").fetchone()[0] == 1
     assert rss_anon_mb(conn) < loaded + 20

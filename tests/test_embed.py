@@ -16,12 +16,12 @@ DEFAULT_MODELS = RUNTIME_MODELS
 
 @pytest.fixture(scope="module")
 def local_model():
-    """The runtime package called directly on the same model, outside PostgreSQL."""
+    """The runtime package called directly on the default model, outside PostgreSQL."""
     from pgvision_runtime import models, spec
 
     folder = pathlib.Path(os.environ.get("PGVISION_MODEL_DIR", DEFAULT_MODELS))
     onnx_bytes = (folder / "efficientnet_lite0.onnx").read_bytes()
-    model_spec = spec.validate(json.loads((folder / "efficientnet_lite0.json").read_text()))
+    model_spec = spec.validate(json.loads((folder / "efficientnet_lite0_normalized.json").read_text()))
     return models.Model(onnx_bytes, model_spec)
 
 
@@ -41,7 +41,7 @@ def test_sql_embed_equals_runtime(conn, local_model, fmt, image):
 
 
 def test_embed_is_deterministic_and_named_model_is_default(conn):
-    a, b = conn.execute("SELECT pgvision.embed(%s), pgvision.embed(%s, 'efficientnet_lite0')",
+    a, b = conn.execute("SELECT pgvision.embed(%s), pgvision.embed(%s, 'efficientnet_lite0_normalized')",
                         [photo("eagle"), photo("eagle")]).fetchone()
     assert np.array_equal(a.to_numpy(), b.to_numpy())
 

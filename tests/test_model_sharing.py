@@ -38,8 +38,9 @@ def _model_folder():
 
 @pytest.fixture(scope="module")
 def default_model():
+    """The files of a fresh install's default model (efficientnet_lite0's graph, normalised)."""
     folder = _model_folder()
-    onnx_path, spec_path = folder / "efficientnet_lite0.onnx", folder / "efficientnet_lite0.json"
+    onnx_path, spec_path = folder / "efficientnet_lite0.onnx", folder / "efficientnet_lite0_normalized.json"
     if not onnx_path.is_file():
         pytest.skip(f"default model not found in {folder}: set PGVISION_MODEL_DIR")
     onnx_bytes = onnx_path.read_bytes()

@@ -10,7 +10,7 @@ from data import photo
 def test_builtin_pipeline_returns_the_feature_as_json(conn):
     result = conn.execute("SELECT pgvision.pipeline_run('general_feature_extractor', %s)",
                           [photo("dog")]).fetchone()[0]
-    assert result["model"] == "efficientnet_lite0"
+    assert result["model"] == "efficientnet_lite0_normalized"  # the default model
     assert result["dim"] == 1280 and len(result["feature"]) == 1280
     embedded = conn.execute("SELECT pgvision.embed(%s)", [photo("dog")]).fetchone()[0].to_numpy()
     assert np.abs(np.asarray(result["feature"]) - embedded).max() < 1e-6

@@ -126,4 +126,5 @@ def test_drop_and_create_again_leaves_no_stray_objects(server):
         assert c.execute(CATALOG).fetchall() == before
         c.execute("CREATE EXTENSION pgvision")
         assert c.execute(CATALOG).fetchall() == installed
-        assert c.execute("SELECT count(*) FROM pgvision.models").fetchone()[0] == 2  # the float and the 8-bit built-in
+        # the float and the 8-bit built-in, each also with features of length 1
+        assert c.execute("SELECT count(*) FROM pgvision.models").fetchone()[0] == 4

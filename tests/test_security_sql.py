@@ -199,6 +199,8 @@ TROJAN_CASES = [
     ("embed_shards", "SELECT * FROM pgvision.embed_shards('public.t_shard', 'image', 'feature')"),
     ("shard_backfill_progress", "SELECT * FROM pgvision.shard_backfill_progress('public.t_shard')"),
     ("shard_status", "SELECT * FROM pgvision.shard_status()"),
+    ("set_default_model", "SELECT pgvision.set_default_model('efficientnet_lite0')"),
+    ("set_default_model back", "SELECT pgvision.set_default_model('efficientnet_lite0_normalized')"),
 ]
 
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import dsn
 from data import fashion_sample
 
-OLD = "efficientnet_lite0"
+OLD = "efficientnet_lite0_normalized"  # the default model, which embed_table fills with
 NEW = "sm_other"  # the built-in's bytes with another mean: other features, same dimensions
 PER_CLASS = 2     # 20 rows
 
@@ -313,7 +313,7 @@ def test_a_role_that_does_not_own_the_table_is_refused(admin, conn, table):
 
 
 @pytest.mark.parametrize("statement, state", [
-    ("SELECT pgvision.switch_model_start('sm_t', 'feature', 'efficientnet_lite0')", "22023"),
+    ("SELECT pgvision.switch_model_start('sm_t', 'feature', 'efficientnet_lite0_normalized')", "22023"),
     ("SELECT pgvision.switch_model_start('sm_t', 'feature', 'no_such_model')", "42704"),
     ("SELECT pgvision.switch_model_start('sm_t', 'label', 'sm_other')", "42804"),
     ("SELECT pgvision.switch_model_start('sm_t', 'feature', 'sm_other', image_column => 'label')", "42804"),

@@ -425,6 +425,17 @@ def _parse_json(text, what):
         raise PgvisionError(f"invalid {what}: nested too deeply", INVALID_PARAMETER_VALUE) from None
 
 
+def _follows_the_default(plpy, kind, old, new):
+    """A built-in pipeline's model set to the new default model by the trigger of
+    pgvision.defaults (set_default_model, a restore), which runs as a superuser: the built-in
+    pipeline is embed(image) as JSON. Nothing else of a registry row ever changes."""
+    if kind != "pipeline" or not old["builtin"] or not _is_superuser(plpy):
+        return False
+    if any(old[k] != new[k] for k in old if k != "model"):
+        return False
+    return plpy.execute("SELECT pg_catalog.pg_trigger_depth() AS d")[0]["d"] > 1
+
+
 def _is_default_model(plpy, name):
     """Whether ``name`` is the install's default (pgvision.defaults, from version 0.3.0)."""
     return bool(plpy.execute(
@@ -452,6 +463,8 @@ def registry_write(plpy, GD, TD):
     table, event = TD["table_name"], TD["event"]
     kind = "model" if table == "models" else "pipeline"
     row = TD["new"] if event != "DELETE" else TD["old"]
+    if event == "UPDATE" and _follows_the_default(plpy, kind, TD["old"], TD["new"]):
+        return None
     if event == "UPDATE":
         raise PgvisionError(f'cannot change {kind} "{TD["old"]["name"]}": a registered {kind} never '
                             "changes under its name", "0A000",

@@ -61,6 +61,11 @@ BEGIN
             USING ERRCODE = 'dependent_objects_still_exist',
                   HINT = 'built-in models go away with DROP EXTENSION pgvision';
     END IF;
+    IF drop_model.name = pgvision.default_model() THEN
+        RAISE EXCEPTION 'model "%" is the default model', drop_model.name
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'make another one the default first with pgvision.set_default_model';
+    END IF;
     SELECT p.name INTO _pipeline FROM pgvision.pipelines p WHERE p.model = drop_model.name LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'model "%" is used by pipeline "%"', drop_model.name, _pipeline

@@ -40,10 +40,15 @@ BEGIN
             EXECUTE _new;
         END IF;
     END LOOP;
+    -- the built-in pipeline is embed(image) as JSON (the registry's trigger lets this
+    -- through from the trigger of pgvision.defaults only)
+    UPDATE pgvision.pipelines p SET model = _apply_default_model.model
+    WHERE p.builtin AND p.name = 'general_feature_extractor'
+      AND p.model IS DISTINCT FROM _apply_default_model.model;
 END
 $$;
 COMMENT ON FUNCTION pgvision._apply_default_model(text) IS
-'internal: writes model as the DEFAULT of the model argument of embed, embed_batch, create_sharded_table and embed_shards';
+'internal: writes model as the DEFAULT of the model argument of embed, embed_batch, create_sharded_table and embed_shards, and makes it the model of the built-in pipeline general_feature_extractor';
 
 CREATE OR REPLACE FUNCTION pgvision._calls_leaving_out_model(tree text, funcs oid[], nargs int[])
 RETURNS boolean

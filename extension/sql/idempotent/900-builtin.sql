@@ -1,12 +1,15 @@
 -- Built-in models and pipelines, and who may use what. Runs on install and on every upgrade.
 
 SELECT pgvision._install_builtin_models();
+
+-- AnalyticDB's extractor: embed(image) as JSON, with the install's default model (an
+-- updated database's row stays as it was)
+INSERT INTO pgvision.pipelines (name, model, options, builtin)
+VALUES ('general_feature_extractor', pgvision.default_model(), '{"output": "feature", "normalize": false}', true)
+ON CONFLICT (name) DO NOTHING;
+
 -- the install's default (incremental/006) into the signatures that default to it
 SELECT pgvision._apply_default_model(pgvision.default_model());
-
-INSERT INTO pgvision.pipelines (name, model, options, builtin)
-VALUES ('general_feature_extractor', 'efficientnet_lite0', '{"output": "feature", "normalize": false}', true)
-ON CONFLICT (name) DO NOTHING;
 
 -- pgvision_admin (000-common.sql) manages models and pipelines.
 GRANT USAGE ON SCHEMA pgvision TO PUBLIC;
