@@ -317,8 +317,13 @@ def duplicate_set(originals, distractors, per_kind, n_fashion, seed=SEED):
 
 
 # find_duplicates' defaults (062-duplicates.sql), and the near thresholds tried besides them
-DEFAULTS = {"near_bits": 8, "near_distance": 0.1, "similar_distance": 0.05, "neighbours": 10}
-NEAR_SWEEP = [(6, 0.1), (8, 0.15), (8, 0.2), (10, 0.1), (10, 0.15), (12, 0.15)]
+# (near_bits and near_distance None: find_duplicates' own choice, 16 / 0.2 when it compares
+# the images' pixels, 8 / 0.1 when it does not)
+DEFAULTS = {"near_bits": None, "near_distance": None, "similar_distance": 0.05, "neighbours": 10,
+            "near_pixels": 3}
+# (near_bits, near_distance, near_pixels): None pixels is the rule without the pixel check
+NEAR_SWEEP = [(8, 0.1, None), (10, 0.15, None), (12, 0.15, None), (16, 0.2, 1.5), (16, 0.2, 6),
+              (12, 0.15, 3), (20, 0.25, 3)]
 
 
 def duplicates(conn, originals, distractors, per_kind, n_fashion):
@@ -326,11 +331,13 @@ def duplicates(conn, originals, distractors, per_kind, n_fashion):
     info = load(conn, rows, "dups")
     ids = [r[0] for r in rows]
 
-    def score(similar_distance, near_bits=DEFAULTS["near_bits"], near_distance=DEFAULTS["near_distance"]):
+    def score(similar_distance, near_bits=DEFAULTS["near_bits"], near_distance=DEFAULTS["near_distance"],
+              near_pixels=DEFAULTS["near_pixels"]):
         with common.Clock() as c:
             found = conn.execute("SELECT group_no, id, verdict, distance FROM pgvision.find_duplicates('dups',"
-                                 " similar_distance => %s, near_bits => %s, near_distance => %s)",
-                                 [similar_distance, near_bits, near_distance]).fetchall()
+                                 " similar_distance => %s, near_bits => %s, near_distance => %s,"
+                                 " near_pixels => %s)",
+                                 [similar_distance, near_bits, near_distance, near_pixels]).fetchall()
         group = {int(i): g for g, i, _, _ in found}
         verdict = {int(i): v for _, i, v, _ in found}
         confusion = {t: {v: 0 for v in (*TIERS, "none")} for t in (*TIERS, "none")}
@@ -361,10 +368,10 @@ def duplicates(conn, originals, distractors, per_kind, n_fashion):
             f"{t} P {pct(r['precision'])} R {pct(r['recall'])}" for t, r in tiers2.items())
             + f"; rows without a planted duplicate put in a group: {sweep[-1]['none_grouped']}", flush=True)
     near_sweep = []
-    for bits, nd in NEAR_SWEEP:
-        _, _, _, t2 = score(DEFAULTS["similar_distance"], bits, nd)
-        near_sweep.append({"near_bits": bits, "near_distance": nd, "tiers": t2})
-        print(f"  near_bits {bits}, near_distance {nd}: near P {pct(t2['near']['precision'])}"
+    for bits, nd, px in NEAR_SWEEP:
+        _, _, _, t2 = score(DEFAULTS["similar_distance"], bits, nd, px)
+        near_sweep.append({"near_bits": bits, "near_distance": nd, "near_pixels": px, "tiers": t2})
+        print(f"  near_bits {bits}, near_distance {nd}, near_pixels {px}: near P {pct(t2['near']['precision'])}"
               f" R {pct(t2['near']['recall'])}", flush=True)
     # pair recall: a planted pair in one group, by how it was made
     pairs = {}
@@ -539,10 +546,13 @@ def report(r):
         k = d["kinds"]
         lines += [
             "",
-            "**Duplicates** (`pgvision.find_duplicates('dups')` with the defaults it had at the measured commit: near_bits "
-            f"{d['defaults']['near_bits']}, near_distance {d['defaults']['near_distance']}, similar_distance "
-            f"{d['defaults']['similar_distance']}, neighbours {d['defaults']['neighbours']}; at near_distance 0.2, "
-            "its first default, 28 Fashion-MNIST thumbnails were grouped as near) on a table of its own, "
+            "**Duplicates** (`pgvision.find_duplicates('dups')` with the defaults it had at the measured commit: "
+            + (f"near_bits {d['defaults']['near_bits']}, near_distance {d['defaults']['near_distance']}, "
+               if d['defaults']['near_bits'] is not None else
+               f"near_pixels {d['defaults'].get('near_pixels')} (each near candidate within 16 bits and cosine "
+               "distance 0.2 confirmed by the images' 32x32 grey pixels), ")
+            + f"similar_distance {d['defaults']['similar_distance']}, neighbours {d['defaults']['neighbours']}) "
+            "on a table of its own, "
             f"{d['rows']} rows: {k.get('tile', 0)} wallpaper tiles of the originals (a seeded sample), with planted "
             f"copies of {k.get('same bytes', 0)} of them as the same bytes (truth: exact), "
             f"{k.get('jpeg q50', 0)} re-encoded as JPEG q50 and {k.get('resized 50%', 0)} resized to 50% "
@@ -575,10 +585,12 @@ def report(r):
                 + f" | {w['none_grouped']} |")
         if d.get("near_sweep"):
             lines += ["", "The near tier at other thresholds (similar_distance at its default):", "",
-                      "| near_bits | near_distance | near precision | near recall |", "|---:|---:|---:|---:|"]
+                      "| near_bits | near_distance | near_pixels | near precision | near recall |",
+                      "|---:|---:|---:|---:|---:|"]
             for w in d["near_sweep"]:
-                lines.append(f"| {w['near_bits']} | {w['near_distance']} | {pct(w['tiers']['near']['precision'])}"
-                             f" | {pct(w['tiers']['near']['recall'])} |")
+                px = w.get("near_pixels")
+                lines.append(f"| {w['near_bits']} | {w['near_distance']} | {'off' if px is None else px} "
+                             f"| {pct(w['tiers']['near']['precision'])} | {pct(w['tiers']['near']['recall'])} |")
     if "--replace-sql" in r.get("command_part1", ""):
         lines += ["", f"This run (at commit {r.get('commit', '?')}) ran the committed "
                   "`extension/sql/idempotent/030-search-engine.sql` (`git show HEAD:...`, passed with "

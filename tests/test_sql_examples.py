@@ -20,5 +20,5 @@ def test_sql_examples_run_in_order(admin, psql):
     first = next(line for line in search if line.strip().startswith("1 |"))
     assert "dog" in first and first.rstrip().endswith("0")
     assert "bald eagle" in outputs["05_search.sql"]
-    assert "efficientnet_lite0 | 1280 |   1280" in outputs["06_pipeline.sql"]
+    assert "efficientnet_lite0_normalized | 1280 |   1280" in outputs["06_pipeline.sql"]  # the default model
     assert "(7 rows)" in outputs["03_embed.sql"]

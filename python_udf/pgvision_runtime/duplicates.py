@@ -8,6 +8,28 @@ group gets the strongest of its own links and that link's distance.
 """
 
 TIERS = ("exact", "near", "similar")
+PIXEL_SIDE = 32
+
+
+def small_grey(image, **limits):
+    """An image as PIXEL_SIDE x PIXEL_SIDE grey levels (box-filtered, aspect ignored)."""
+    from PIL import Image
+    import numpy as np
+
+    from . import images
+
+    img = images.decode(image, grey=True, **limits)
+    return np.asarray(img.convert("L").resize((PIXEL_SIDE, PIXEL_SIDE), Image.Resampling.BOX),
+                      dtype=np.float64)
+
+
+def pixel_distance(a, b, **limits):
+    """Mean absolute difference (0 to 255) of two images' small grey versions: at most about
+    1 for a picture and its re-encoded or resized copy, 10 and more for look-alikes whose
+    hashes and features are as close (BENCHMARKS.md, section 8)."""
+    import numpy as np
+
+    return float(np.abs(small_grey(a, **limits) - small_grey(b, **limits)).mean())
 
 
 def _order(ids):

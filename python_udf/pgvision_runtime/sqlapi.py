@@ -352,6 +352,18 @@ def duplicate_groups(plpy, GD, a, b, verdicts, distances):
 
 
 @sql_errors
+def pixel_distance(plpy, GD, a, b):
+    """pgvision._pixel_distance: how far apart two images are pixel by pixel, small and grey
+    (duplicates.pixel_distance); NULL where one does not decode."""
+    from . import duplicates
+    interrupt_check(plpy, GD)()
+    try:
+        return duplicates.pixel_distance(a, b, **_limits(settings(plpy, GD)))
+    except PgvisionError:
+        return None
+
+
+@sql_errors
 def classify(plpy, GD, image, k, model_name):
     if k < 1:
         raise PgvisionError(f"k must be at least 1, not {k}", INVALID_PARAMETER_VALUE)
