@@ -149,13 +149,14 @@ def plot(result, path):
     import matplotlib.pyplot as plt
 
     names = ("pgvision", "pgvision int8", "seed recipe")
+    widest = max(result["contenders"][c]["seconds"] for c in names)
     fig, ax = plt.subplots(figsize=(8, 3.8))
     colors = ["#4c72b0", "#dd8452", "#8172b3", "#55a868"]
     for row, c in enumerate(names):
         left = 0.0
         for (phase, secs), color in zip(result["contenders"][c]["phases"].items(), colors):
             ax.barh(row, secs, left=left, color=color, edgecolor="white")
-            if secs > 0.04 * result["contenders"][c]["seconds"]:
+            if secs > 0.04 * widest:  # room for its label in the drawn bar
                 ax.text(left + secs / 2, row, f"{phase}\n{secs:.0f} s", ha="center", va="center",
                         fontsize=7, color="white")
             left += secs
