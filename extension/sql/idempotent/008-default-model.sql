@@ -52,7 +52,7 @@ COMMENT ON FUNCTION pgvision._apply_default_model(text) IS
 
 CREATE OR REPLACE FUNCTION pgvision._calls_leaving_out_model(tree text, funcs oid[], nargs int[])
 RETURNS boolean
-LANGUAGE plpython3u IMMUTABLE PARALLEL SAFE
+LANGUAGE plpython3u IMMUTABLE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $python$
 @PREAMBLE@
@@ -170,7 +170,8 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'SELECT name FROM pgvision.models lists the models';
     END IF;
-    -- (from the restore's branch above, the check is done)
+    -- (from the restore's branch above, one trigger deeper, the check is done: a superuser
+    -- who sets the default from a trigger of his own skips it too)
     IF TG_OP = 'UPDATE' AND NEW.model IS DISTINCT FROM OLD.model AND pg_catalog.pg_trigger_depth() = 1 THEN
         _users := ARRAY(SELECT pgvision._default_model_users(false));
         IF _users <> '{}' THEN
