@@ -134,6 +134,10 @@ def trojans(server):
             cur.executemany("INSERT INTO public.t_hash VALUES (%s, %s, pgvision.embed(%s), pgvision.phash(%s))",
                             [(str(i), img, img, img) for i, img in enumerate(IMAGES + IMAGES[:1])])
         c.execute("CREATE INDEX ON public.t_hash USING hnsw (phash ext.bit_hamming_ops)")
+        # train_projection learns from at least 10 rows
+        c.execute("CREATE TABLE public.t_many (id bigint PRIMARY KEY, image bytea)")
+        with c.cursor() as cur:
+            cur.executemany("INSERT INTO public.t_many VALUES (%s, %s)", list(enumerate(IMAGES * 3, 1)))
     with psycopg.connect(dsn(server, TROJAN_DB, user=MALLORY), autocommit=True) as c:
         plant(c)
     yield server
@@ -199,6 +203,12 @@ TROJAN_CASES = [
     ("embed_shards", "SELECT * FROM pgvision.embed_shards('public.t_shard', 'image', 'feature')"),
     ("shard_backfill_progress", "SELECT * FROM pgvision.shard_backfill_progress('public.t_shard')"),
     ("shard_status", "SELECT * FROM pgvision.shard_status()"),
+    ("query_vector", "SELECT pgvision.query_vector('public.t_bigint', 'feature', %(img)s)"),
+    ("evaluate", "SELECT * FROM pgvision.evaluate('public.t_auto', 'album', k => 1, queries => 2)"),
+    ("train_projection", "SELECT pgvision.train_projection('efficientnet_lite0', 'trojan_pca', 'public.t_many', 'image', dims => 2)"),
+    ("quantize_model", "SELECT pgvision.quantize_model('efficientnet_lite0', 'trojan_int8',"
+                       " 'SELECT h.image FROM public.t_hash h, pg_catalog.generate_series(1, 2) g')"),
+    ("switch_model", "CALL pgvision.switch_model('public.t_hash', 'feature', 'efficientnet_lite0_int8')"),
     ("set_default_model", "SELECT pgvision.set_default_model('efficientnet_lite0')"),
     ("set_default_model back", "SELECT pgvision.set_default_model('efficientnet_lite0_normalized')"),
 ]
