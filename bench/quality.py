@@ -10,7 +10,8 @@ thousands); mAP@10 is its mean over queries.
 
 Full scale, from the features of bench/features.py (the database's own values):
 - logits, L2: the seed's method 1 (classification logits as the vector, raw L2);
-- feature, L2: the pooled 1280-d feature as pgvision.embed returns it;
+- feature, L2: the pooled 1280-d feature as efficientnet_lite0 returns it (a fresh install's default,
+  efficientnet_lite0_normalized, returns it L2-normalised: the cosine rows below);
 - feature, cosine: the same, L2-normalised (pgvector's <=>, or l2 on normalised vectors);
 - query expansion on the best of those, as pgvision.search(expand => n) does it.
 
