@@ -125,7 +125,7 @@ def check(model, port, n=8):
         worst = 0.0
         for i in rows:
             data = common.png_bytes(images[i])
-            text = c.execute("SELECT pgvision.embed(%s)::text", [data]).fetchone()[0]
+            text = c.execute("SELECT pgvision.embed(%s, 'efficientnet_lite0')::text", [data]).fetchone()[0]
             server_f = np.array(json.loads(text), dtype=np.float32)
             # classify gives softmax probabilities: compare them with the cached logits' softmax
             top = c.execute("SELECT score FROM pgvision.classify(%s, 3)", [data]).fetchall()
