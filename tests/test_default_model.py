@@ -167,21 +167,21 @@ def test_set_default_model_moves_the_default_and_records_the_old_one(server):
 def test_only_a_superuser_sets_the_default_and_it_must_be_a_model(fresh, server):
     for sql, args, state in (("SELECT pgvision.set_default_model(%s)", ["no_such_model"], "42704"),
                              ("SELECT pgvision.set_default_model(NULL)", [], "22004"),
-                             ("DELETE FROM pgvision.defaults", [], "0A000")):
+                             ("DELETE FROM pgvision.models_default", [], "0A000")):
         with pytest.raises(psycopg.Error) as info:
             fresh.execute(sql, args)
         assert info.value.sqlstate == state, sql
     fresh.execute(f"GRANT CONNECT ON DATABASE dm_fresh TO {APP_ROLE}")
     with psycopg.connect(dsn(server, "dm_fresh", APP_ROLE), autocommit=True) as app:
         for sql in (f"SELECT pgvision.set_default_model('{RAW}')",
-                    f"UPDATE pgvision.defaults SET model = '{RAW}'",
-                    f"INSERT INTO pgvision.defaults VALUES (true, '{RAW}')"):
+                    f"UPDATE pgvision.models_default SET model = '{RAW}'",
+                    f"INSERT INTO pgvision.models_default VALUES (true, '{RAW}')"):
             with pytest.raises(psycopg.Error) as info:
                 app.execute(sql)
             assert info.value.sqlstate == "42501", sql
         # the row a restore brings, when it is this install's, is taken without a word
-        app.execute(f"INSERT INTO pgvision.defaults VALUES (true, '{NORMALIZED}')")
-    assert fresh.execute("SELECT count(*), min(model) FROM pgvision.defaults").fetchone() == (1, NORMALIZED)
+        app.execute(f"INSERT INTO pgvision.models_default VALUES (true, '{NORMALIZED}')")
+    assert fresh.execute("SELECT count(*), min(model) FROM pgvision.models_default").fetchone() == (1, NORMALIZED)
 
 
 def test_the_default_model_cannot_be_dropped(server):
@@ -218,10 +218,40 @@ def test_a_restore_keeps_the_default_of_the_dumped_database(server, updated, tmp
         with psycopg.connect(dsn(server, "dm_restored"), autocommit=True) as r:
             # CREATE EXTENSION made this version's default; the dumped row put the old one back
             assert r.execute("SELECT pgvision.default_model()").fetchone()[0] == RAW
-            assert r.execute("SELECT count(*) FROM pgvision.defaults").fetchone()[0] == 1
+            assert r.execute("SELECT count(*) FROM pgvision.models_default").fetchone()[0] == 1
             assert r.execute("SELECT pgvision.embed(%s)::text", [photo("dog")]).fetchone()[0] == before["dog"]
     finally:
         drop(server, "dm_restored")
+
+
+def test_a_restore_keeps_a_default_of_the_users_own(server, tmp_path):
+    """pg_dump writes pgvision.models before pgvision.models_default: the user's model is
+    there when the default row arrives."""
+    c = database(server, "dm_own")
+    try:
+        c.execute("SELECT pgvision.register_model('dm_own_tiny', %s, %s)", [tiny_model(), json.dumps(TINY_SPEC)])
+        c.execute("SELECT pgvision.set_default_model('dm_own_tiny')")
+        before = c.execute("SELECT pgvision.embed(%s)::text", [photo("dog")]).fetchone()[0]
+    finally:
+        c.close()
+    path = tmp_path / "own.sql"
+    env = {"PGHOST": server.host, "PGPORT": str(server.port), "PGUSER": "postgres"}
+    out = subprocess.run([str(PG_BIN / "pg_dump"), "-f", str(path), "dm_own"], env=env,
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    assert out.returncode == 0, out.stderr
+    drop(server, "dm_own_restored")
+    with psycopg.connect(dsn(server, "postgres"), autocommit=True) as a:
+        a.execute("CREATE DATABASE dm_own_restored")
+    try:
+        out = subprocess.run([str(PG_BIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path),
+                              "-d", "dm_own_restored"], env=env, capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL, timeout=300)
+        assert out.returncode == 0, out.stderr
+        with psycopg.connect(dsn(server, "dm_own_restored"), autocommit=True) as r:
+            assert r.execute("SELECT pgvision.default_model()").fetchone()[0] == "dm_own_tiny"
+            assert r.execute("SELECT pgvision.embed(%s)::text", [photo("dog")]).fetchone()[0] == before
+    finally:
+        drop(server, "dm_own", "dm_own_restored")
 
 
 def test_a_spec_says_normalize_with_a_boolean(fresh):

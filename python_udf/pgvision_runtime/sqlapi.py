@@ -439,7 +439,7 @@ def _parse_json(text, what):
 
 def _follows_the_default(plpy, kind, old, new):
     """A built-in pipeline's model set to the new default model by the trigger of
-    pgvision.defaults (set_default_model, a restore), which runs as a superuser: the built-in
+    pgvision.models_default (set_default_model, a restore), which runs as a superuser: the built-in
     pipeline is embed(image) as JSON. Nothing else of a registry row ever changes."""
     if kind != "pipeline" or not old["builtin"] or not _is_superuser(plpy):
         return False
@@ -449,10 +449,10 @@ def _follows_the_default(plpy, kind, old, new):
 
 
 def _is_default_model(plpy, name):
-    """Whether ``name`` is the install's default (pgvision.defaults, from version 0.3.0)."""
+    """Whether ``name`` is the install's default (pgvision.models_default, from version 0.3.0)."""
     return bool(plpy.execute(
-        "SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass('pgvision.defaults')")) \
-        and bool(plpy.execute(plpy.prepare("SELECT 1 FROM pgvision.defaults d WHERE d.model = $1",
+        "SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass('pgvision.models_default')")) \
+        and bool(plpy.execute(plpy.prepare("SELECT 1 FROM pgvision.models_default d WHERE d.model = $1",
                                            ["text"]), [name]))
 
 

@@ -1,4 +1,4 @@
--- The install's default model (pgvision.defaults, incremental/006): default_model() reads
+-- The install's default model (pgvision.models_default, incremental/006): default_model() reads
 -- it; it is written into the functions' signatures as the DEFAULT of their model argument,
 -- so that a stored expression (a view, an index, a generated column) keeps the model it was
 -- written with as a constant whatever happens to the default later. Every write to the row
@@ -9,7 +9,7 @@ RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce((SELECT d.model FROM pgvision.defaults d), 'efficientnet_lite0')
+    SELECT coalesce((SELECT d.model FROM pgvision.models_default d), 'efficientnet_lite0')
 $$;
 COMMENT ON FUNCTION pgvision.default_model() IS
 'the model pgvision.embed and embed_batch use when the call names none, and that a feature column without a recorded model is searched with: efficientnet_lite0_normalized in a fresh install, efficientnet_lite0 in a database updated from 0.2.0 or older; pgvision.set_default_model changes it';
@@ -41,7 +41,7 @@ BEGIN
         END IF;
     END LOOP;
     -- the built-in pipeline is embed(image) as JSON (the registry's trigger lets this
-    -- through from the trigger of pgvision.defaults only)
+    -- through from the trigger of pgvision.models_default only)
     UPDATE pgvision.pipelines p SET model = _apply_default_model.model
     WHERE p.builtin AND p.name = 'general_feature_extractor'
       AND p.model IS DISTINCT FROM _apply_default_model.model;
@@ -122,13 +122,13 @@ $$;
 COMMENT ON FUNCTION pgvision._default_model_users(boolean) IS
 'internal: the stored expressions that call embed or embed_batch without a model, and so follow the default model (with populated_only: generated columns of tables with rows)';
 
-CREATE OR REPLACE FUNCTION pgvision._defaults_write()
+CREATE OR REPLACE FUNCTION pgvision._models_default_write()
 RETURNS trigger
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    _current text := (SELECT d.model FROM pgvision.defaults d);
+    _current text := (SELECT d.model FROM pgvision.models_default d);
     _users text[];
     _super boolean := (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = pg_catalog.current_user());
 BEGIN
@@ -155,7 +155,7 @@ BEGIN
                     USING ERRCODE = 'object_in_use',
                           HINT = pg_catalog.format('restore into a database where CREATE EXTENSION pgvision and SELECT pgvision.set_default_model(%L) were run first', NEW.model);
             END IF;
-            UPDATE pgvision.defaults SET model = NEW.model;
+            UPDATE pgvision.models_default SET model = NEW.model;
         END IF;
         RETURN NULL;
     END IF;
@@ -168,7 +168,7 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pgvision.models m WHERE m.name = NEW.model) THEN
         RAISE EXCEPTION 'model "%" does not exist', NEW.model
             USING ERRCODE = 'undefined_object',
-                  HINT = 'SELECT name FROM pgvision.models lists the models';
+                  HINT = 'SELECT name FROM pgvision.models lists the models; a restore loads pgvision.models before pgvision.models_default, unless it runs in parallel (pg_restore -j): then restore the table''s data again, or call set_default_model';
     END IF;
     -- (from the restore's branch above, one trigger deeper, the check is done: a superuser
     -- who sets the default from a trigger of his own skips it too)
@@ -186,19 +186,19 @@ BEGIN
     RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION pgvision._defaults_write() IS
-'internal: the trigger of pgvision.defaults: superusers only, the model must exist, the functions'' DEFAULT follows; a second row (a restore''s) sets the first';
+COMMENT ON FUNCTION pgvision._models_default_write() IS
+'internal: the trigger of pgvision.models_default: superusers only, the model must exist, the functions'' DEFAULT follows; a second row (a restore''s) sets the first';
 
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgname = 'defaults_write'
-                   AND t.tgrelid = 'pgvision.defaults'::pg_catalog.regclass) THEN
-        CREATE TRIGGER defaults_write BEFORE INSERT OR UPDATE OR DELETE ON pgvision.defaults
-            FOR EACH ROW EXECUTE FUNCTION pgvision._defaults_write();
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgname = 'models_default_write'
+                   AND t.tgrelid = 'pgvision.models_default'::pg_catalog.regclass) THEN
+        CREATE TRIGGER models_default_write BEFORE INSERT OR UPDATE OR DELETE ON pgvision.models_default
+            FOR EACH ROW EXECUTE FUNCTION pgvision._models_default_write();
     END IF;
 END
 $$;
-COMMENT ON TRIGGER defaults_write ON pgvision.defaults IS
+COMMENT ON TRIGGER models_default_write ON pgvision.models_default IS
 'every write of the default model: superusers only, an existing model, the functions'' DEFAULT follows';
 
 CREATE OR REPLACE FUNCTION pgvision.set_default_model(model text)
@@ -217,7 +217,7 @@ BEGIN
     IF model = _old THEN
         RETURN _old;
     END IF;
-    UPDATE pgvision.defaults SET model = set_default_model.model;  -- the trigger checks
+    UPDATE pgvision.models_default SET model = set_default_model.model;  -- the trigger checks
     -- Columns without a recorded model were searched with the old default, which is what
     -- filled them: record it, so that they go on being searched with it.
     INSERT INTO pgvision.feature_models (tbl, feature_column, attnum, model)
@@ -248,11 +248,11 @@ REVOKE ALL ON FUNCTION pgvision.set_default_model(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgvision._apply_default_model(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgvision._default_model_users(boolean) FROM PUBLIC;
 
-COMMENT ON TABLE pgvision.defaults IS
+COMMENT ON TABLE pgvision.models_default IS
 'the install''s default model, one row: read it with pgvision.default_model(), change it with pgvision.set_default_model; kept by pg_dump';
-COMMENT ON COLUMN pgvision.defaults.only_row IS 'true: the table has one row';
-COMMENT ON COLUMN pgvision.defaults.model IS 'the default model (pgvision.models.name)';
-GRANT SELECT ON pgvision.defaults TO PUBLIC;
+COMMENT ON COLUMN pgvision.models_default.only_row IS 'true: the table has one row';
+COMMENT ON COLUMN pgvision.models_default.model IS 'the default model (pgvision.models.name)';
+GRANT SELECT ON pgvision.models_default TO PUBLIC;
 -- a restore's COPY reaches the trigger, which takes the row when it is the same and
 -- refuses to change it for anyone but a superuser
-GRANT INSERT ON pgvision.defaults TO PUBLIC;
+GRANT INSERT ON pgvision.models_default TO PUBLIC;

@@ -5,20 +5,22 @@
 -- already makes return the vectors they did (a model never changes under its name, and the
 -- default of a call is part of what it means). The row is dumped, so a restore keeps it
 -- (the insert trigger of idempotent/008-default-model.sql folds the dumped row into the
--- one CREATE EXTENSION made).
+-- one CREATE EXTENSION made). Its name sorts after pgvision.models: pg_dump writes the
+-- data of tables without dependencies in name order, so a restore has a default that is a
+-- model of the user's own registered before the row arrives.
 
-CREATE TABLE pgvision.defaults (
+CREATE TABLE pgvision.models_default (
     only_row  boolean PRIMARY KEY DEFAULT true CHECK (only_row),
     model     text NOT NULL
 );
 
 -- this file runs before the functions are created in a fresh install, after an older
 -- version created them in an update
-INSERT INTO pgvision.defaults (model)
+INSERT INTO pgvision.models_default (model)
 VALUES (CASE WHEN pg_catalog.to_regprocedure('pgvision.embed(bytea, text)') IS NULL
              THEN 'efficientnet_lite0_normalized' ELSE 'efficientnet_lite0' END);
 
-SELECT pg_catalog.pg_extension_config_dump('pgvision.defaults', '');
+SELECT pg_catalog.pg_extension_config_dump('pgvision.models_default', '');
 
 -- its callers now read pgvision.default_model()
 DROP FUNCTION IF EXISTS pgvision._default_model();
