@@ -1,7 +1,9 @@
 -- The install's default model (pgvision.models_default, incremental/006): default_model() reads
 -- it; it is written into the functions' signatures as the DEFAULT of their model argument,
--- so that a stored expression (a view, an index, a generated column) keeps the model it was
--- written with as a constant whatever happens to the default later. Every write to the row
+-- so that a call that names no model, in any statement, embeds with it. PostgreSQL fills a
+-- left-out argument in when it plans an expression, not when it stores it: a view, index or
+-- generated column that leaves the model out follows the default, so the default changes
+-- only while there is none (_default_model_users). Every write to the row
 -- (set_default_model, a superuser's UPDATE, the COPY of a restore) goes through its trigger.
 
 CREATE OR REPLACE FUNCTION pgvision.default_model()
