@@ -3,6 +3,8 @@
 keeps efficientnet_lite0 for the calls it already makes; set_default_model moves it."""
 
 import json
+import os
+import pathlib
 import subprocess
 
 import numpy as np
@@ -10,8 +12,8 @@ import psycopg
 import pytest
 from pgvector.psycopg import register_vector
 
-from conftest import APP_ROLE, PG_BIN, ROOT, dsn
-from data import photo
+from conftest import APP_ROLE, PG_BIN, dsn
+from data import RUNTIME_MODELS, photo
 from test_registry import TINY_SPEC, tiny_model
 
 NORMALIZED = "efficientnet_lite0_normalized"
@@ -200,21 +202,27 @@ def test_the_default_model_cannot_be_dropped(server):
         drop(server, "dm_drop")
 
 
-def test_a_restore_keeps_the_default_of_the_dumped_database(server, updated, tmp_path):
-    c, before = updated
-    path = tmp_path / "updated.sql"
+def dump_and_restore(server, source, target, tmp_path):
+    """pg_dump of ``source`` (plain SQL) run by psql into a new database ``target``."""
+    path = tmp_path / f"{source}.sql"
     env = {"PGHOST": server.host, "PGPORT": str(server.port), "PGUSER": "postgres"}
-    out = subprocess.run([str(PG_BIN / "pg_dump"), "-f", str(path), "dm_updated"], env=env,
-                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
-    assert out.returncode == 0, out.stderr
-    drop(server, "dm_restored")
-    with psycopg.connect(dsn(server, "postgres"), autocommit=True) as a:
-        a.execute("CREATE DATABASE dm_restored")
-    try:
-        out = subprocess.run([str(PG_BIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path),
-                              "-d", "dm_restored"], env=env, capture_output=True, text=True,
+
+    def run(*command):
+        out = subprocess.run(command, env=env, capture_output=True, text=True,
                              stdin=subprocess.DEVNULL, timeout=300)
         assert out.returncode == 0, out.stderr
+
+    run(str(PG_BIN / "pg_dump"), "-f", str(path), source)
+    drop(server, target)
+    with psycopg.connect(dsn(server, "postgres"), autocommit=True) as a:
+        a.execute(f"CREATE DATABASE {target}")
+    run(str(PG_BIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path), "-d", target)
+
+
+def test_a_restore_keeps_the_default_of_the_dumped_database(server, updated, tmp_path):
+    c, before = updated
+    try:
+        dump_and_restore(server, "dm_updated", "dm_restored", tmp_path)
         with psycopg.connect(dsn(server, "dm_restored"), autocommit=True) as r:
             # CREATE EXTENSION made this version's default; the dumped row put the old one back
             assert r.execute("SELECT pgvision.default_model()").fetchone()[0] == RAW
@@ -234,19 +242,8 @@ def test_a_restore_keeps_a_default_of_the_users_own(server, tmp_path):
         before = c.execute("SELECT pgvision.embed(%s)::text", [photo("dog")]).fetchone()[0]
     finally:
         c.close()
-    path = tmp_path / "own.sql"
-    env = {"PGHOST": server.host, "PGPORT": str(server.port), "PGUSER": "postgres"}
-    out = subprocess.run([str(PG_BIN / "pg_dump"), "-f", str(path), "dm_own"], env=env,
-                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
-    assert out.returncode == 0, out.stderr
-    drop(server, "dm_own_restored")
-    with psycopg.connect(dsn(server, "postgres"), autocommit=True) as a:
-        a.execute("CREATE DATABASE dm_own_restored")
     try:
-        out = subprocess.run([str(PG_BIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path),
-                              "-d", "dm_own_restored"], env=env, capture_output=True, text=True,
-                             stdin=subprocess.DEVNULL, timeout=300)
-        assert out.returncode == 0, out.stderr
+        dump_and_restore(server, "dm_own", "dm_own_restored", tmp_path)
         with psycopg.connect(dsn(server, "dm_own_restored"), autocommit=True) as r:
             assert r.execute("SELECT pgvision.default_model()").fetchone()[0] == "dm_own_tiny"
             assert r.execute("SELECT pgvision.embed(%s)::text", [photo("dog")]).fetchone()[0] == before
@@ -265,11 +262,9 @@ def test_a_spec_says_normalize_with_a_boolean(fresh):
 
 def test_a_projection_of_a_normalised_model_is_learned_on_what_it_returns():
     """projection.append puts the source's normalisation before the projection it appends."""
-    import sys
-    sys.path.insert(0, str(ROOT / "python_udf"))
     from pgvision_runtime import images, models, preprocess, projection, spec as specs
 
-    model_dir = ROOT / "build" / "model"
+    model_dir = pathlib.Path(os.environ.get("PGVISION_MODEL_DIR", RUNTIME_MODELS))
     onnx_bytes = (model_dir / "efficientnet_lite0.onnx").read_bytes()
     spec = specs.validate(json.loads((model_dir / "efficientnet_lite0_normalized.json").read_text()))
     source = models.Model(onnx_bytes, spec, threads=1)
