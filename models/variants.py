@@ -16,6 +16,7 @@ changes under its name; the cache keys sessions by bytes and spec).
 import argparse
 import json
 import os
+import pathlib
 
 VARIANTS = {
     "efficientnet_lite0_normalized": ("efficientnet_lite0", {"normalize": True}),
@@ -24,15 +25,15 @@ VARIANTS = {
 
 
 def write(model_dir):
+    folder = pathlib.Path(model_dir)
     for name, (source, changes) in VARIANTS.items():
-        with open(os.path.join(model_dir, source + ".json"), encoding="utf-8") as f:
-            spec = dict(json.load(f), **changes)
+        spec = dict(json.loads((folder / f"{source}.json").read_text(encoding="utf-8")), **changes)
         text = json.dumps(spec) + "\n"
-        path = os.path.join(model_dir, name + ".json")
-        if not os.path.exists(path) or open(path, encoding="utf-8").read() != text:
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(path + ".tmp", path)
+        path = folder / f"{name}.json"
+        if not path.exists() or path.read_text(encoding="utf-8") != text:  # quick when unchanged
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
 
 
 def main(argv=None):
