@@ -20,7 +20,8 @@ mirrored and turned, for the edits that leave its low frequencies alone (re-enco
 blur, downscaling, grey, brightness), where features move more than hashes do.
 """
 
-from collections import deque
+
+import math
 
 import numpy as np
 from PIL import Image, ImageChops
@@ -83,27 +84,50 @@ def _close(mask, steps=2):
 
 
 def _largest_region(mask):
-    """(cells, (top, left, bottom, right)) of the largest 4-connected region of a mask."""
-    seen = np.zeros_like(mask)
-    best, best_box = 0, None
-    rows, cols = mask.shape
-    for y, x in zip(*np.nonzero(mask)):
-        if seen[y, x]:
-            continue
-        seen[y, x] = True
-        queue, n = deque([(y, x)]), 0
-        top, left, bottom, right = y, x, y, x
-        while queue:
-            cy, cx = queue.popleft()
-            n += 1
-            top, bottom, left, right = min(top, cy), max(bottom, cy), min(left, cx), max(right, cx)
-            for ny, nx in ((cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)):
-                if 0 <= ny < rows and 0 <= nx < cols and mask[ny, nx] and not seen[ny, nx]:
-                    seen[ny, nx] = True
-                    queue.append((ny, nx))
-        if n > best:
-            best, best_box = n, (top, left, bottom, right)
-    return best, best_box
+    """(cells, (top, left, bottom, right)) of the largest 4-connected region of a mask; of
+    regions equally large, the one whose first cell comes first row by row.
+
+    Labelled run by run (a run: the cells of one row between two gaps), so the Python loop
+    is over runs, not cells: a screenshot's mask has a few runs a row and thousands of cells.
+    """
+    parent, runs = [], []
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    previous = []
+    edges = np.zeros(mask.shape[1] + 2, dtype=bool)
+    for y in range(mask.shape[0]):
+        edges[1:-1] = mask[y]
+        bounds = np.flatnonzero(edges[1:] != edges[:-1])
+        current, j = [], 0
+        for start, end in zip(bounds[0::2].tolist(), bounds[1::2].tolist()):
+            i = len(runs)
+            runs.append((y, start, end))
+            parent.append(i)
+            current.append(i)
+            while j < len(previous) and runs[previous[j]][2] <= start:
+                j += 1
+            k = j
+            while k < len(previous) and runs[previous[k]][1] < end:
+                a, b = root(i), root(previous[k])
+                parent[max(a, b)] = min(a, b)  # the root is the region's first run
+                k += 1
+        previous = current
+    regions = {}
+    for i, (y, start, end) in enumerate(runs):
+        r = regions.setdefault(root(i), [0, y, start, y, end - 1])
+        r[0] += end - start
+        r[1], r[2] = min(r[1], y), min(r[2], start)
+        r[3], r[4] = max(r[3], y), max(r[4], end - 1)
+    if not regions:
+        return 0, None
+    first = min(regions, key=lambda i: (-regions[i][0], i))
+    cells, top, left, bottom, right = regions[first]
+    return cells, (top, left, bottom, right)
 
 
 def content(img):
@@ -133,22 +157,40 @@ def inner(img):
     return img.crop((int(w * 0.15), int(h * 0.15), int(w * 0.85), int(h * 0.85)))
 
 
-def views(img):
-    """[(name, penalty, image)] of a decoded image, ``full`` first."""
+def _tilted_centre(img, degrees):
+    """The central 70% (by side) of the image turned by ``degrees`` (Image.rotate's filling
+    black corners), computed for those pixels only: one affine transform, Image.rotate's
+    own, moved to the crop's corner."""
+    w, h = img.size
+    left, top = int(w * 0.15), int(h * 0.15)
+    a = -math.radians(degrees)
+    cos, sin = round(math.cos(a), 15), round(math.sin(a), 15)
+    cx, cy = w / 2.0, h / 2.0
+    # Image.rotate maps an output pixel (x, y) to (cos x + sin y + c, -sin x + cos y + f)
+    c = cos * -cx + sin * -cy + cx
+    f = -sin * -cx + cos * -cy + cy
+    matrix = (cos, sin, c + cos * left + sin * top, -sin, cos, f - sin * left + cos * top)
+    return img.transform((int(w * 0.85) - left, int(h * 0.85) - top), Image.Transform.AFFINE,
+                         matrix, Image.Resampling.BICUBIC)
+
+
+def views(img, turns=True):
+    """[(name, penalty, image)] of a decoded image, ``full`` first; without ``turns``, the
+    quarter turns are left out (query turns the model input instead)."""
     work = img
     if max(img.size) > WORK_SIDE:
         work = img.copy()
         work.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BICUBIC)
     out = [("full", work)]
-    out += [(name, work.transpose(turn)) for name, turn in _TURNS.items()]
+    if turns:
+        out += [(name, work.transpose(turn)) for name, turn in _TURNS.items()]
     for name, cut in (("trim", trim), ("content", content)):
         view = cut(work)
         if view is not None:
             out.append((name, view))
     out.append(("inner", inner(work)))
     for sign in (1, -1):
-        tilted = work.rotate(sign * TILT, Image.Resampling.BICUBIC)
-        out.append((f"tilt{'+' if sign > 0 else '-'}{TILT}", inner(tilted)))
+        out.append((f"tilt{'+' if sign > 0 else '-'}{TILT}", _tilted_centre(work, sign * TILT)))
     return [(name, PENALTY[name], view) for name, view in out]
 
 
@@ -170,8 +212,16 @@ def query(model, data, limits, check=None):
         work = side * side * pixel_bytes
         return 2 * work + size[0] * size[1] + len(PENALTY) * preprocess.resize_bytes(size, pixel_bytes, spec)
     img = images.decode(data, spec["background"], grey=True, check=check, later=later, **limits)
-    found = views(img)
-    batch = np.stack([preprocess.prepare(view, spec) for _, _, view in found])
+    # With a square input, a quarter turn of the image and of its model input are the same
+    # up to the resize's rounding (feature cosine above 0.999), and turning the input is free.
+    square = spec["size"][0] == spec["size"][1]
+    found = views(img, turns=not square)
+    inputs = [preprocess.prepare(view, spec) for _, _, view in found]
+    if square:
+        turned = [(name, PENALTY[name], None) for name in _TURNS]
+        found[1:1] = turned
+        inputs[1:1] = [np.rot90(inputs[0], k, axes=(1, 2)) for k in (1, 2, 3)]
+    batch = np.stack(inputs)
     if check is not None:
         check()
     features = model.run(batch, release=True)[0]
