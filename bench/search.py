@@ -335,6 +335,20 @@ def report(result, plot_file):
 MIXED_QUERIES_FASHION = 500
 MIXED_EF = (40, 100, 200, 400, 1000)  # pgvector's largest ef_search is 1000
 MIXED_PLAIN = "SELECT id FROM {t} ORDER BY feature <=> %b LIMIT 10"
+# a halfvec index is read by ordering by its own expression; the 10 it returns are put in
+# order by their full-precision distance, as a user's query would re-rank them
+MIXED_HALF = ("SELECT id FROM (SELECT id, feature FROM {t} ORDER BY feature::halfvec(1280) <=> %b::halfvec(1280) "
+              "LIMIT 10) c ORDER BY feature <=> %b LIMIT 10")
+# The indexes a table of the mixed collection may get besides pgvision.create_index's
+# default: create_index's arguments, the query form and the settings each choice runs with.
+MIXED_VARIANTS = {
+    "m32": (", m => 32, ef_construction => 200", MIXED_PLAIN, [("hnsw.ef_search", e) for e in (40, 100, 200, 400)]),
+    "m32-halfvec": (", m => 32, ef_construction => 200, halfvec => true", MIXED_HALF,
+                    [("hnsw.ef_search", e) for e in (100, 200, 400)]),
+    "ivfflat": (", method => 'ivfflat'", MIXED_PLAIN, [("ivfflat.probes", p) for p in (1, 3, 10, 30)]),
+    "ivfflat-sqrt": (", method => 'ivfflat', lists => {sqrt}", MIXED_PLAIN,
+                     [("ivfflat.probes", p) for p in (3, 10, 30)]),
+}
 MIXED_FUNCTION = "SELECT id::bigint FROM pgvision.search_vector('{t}', %b, 10) WHERE rank = 1"
 
 
@@ -435,9 +449,10 @@ def mixed_truth(rows, queries):
     return np.array(ids), np.array(dist), u64, uq.astype(np.float64)
 
 
-def mixed_index(conninfo, table, rows, m, ef_construction):
-    """A table of ``rows`` (id = position) with an HNSW cosine index from pgvision.create_index
-    (its defaults when m is None); returns the index's m, ef_construction and build seconds."""
+def mixed_index(conninfo, table, rows, args):
+    """A table of ``rows`` (id = position) with a cosine index from pgvision.create_index
+    (``args``: its arguments after the column, its defaults when empty); returns the index's
+    parameters as its definition gives them and the build seconds."""
     from pgvector.psycopg import register_vector
 
     with psycopg.connect(conninfo, autocommit=True) as c:
@@ -448,17 +463,28 @@ def mixed_index(conninfo, table, rows, m, ef_construction):
             for i, f in enumerate(rows):
                 copy.write_row((i, f))
         c.execute(f"VACUUM ANALYZE {table}")
-        args = "" if m is None else f", m => {m}, ef_construction => {ef_construction}"
         with common.Clock() as clock:
             name = c.execute(f"SELECT pgvision.create_index('{table}', 'feature'{args})").fetchone()[0]
         c.execute("SELECT pg_prewarm(%s::regclass)", [name])
         c.execute(f"SELECT pg_prewarm('{table}'::regclass)")
         c.execute(f"SELECT pg_prewarm(reltoastrelid) FROM pg_class WHERE oid = '{table}'::regclass")
         d = c.execute("SELECT pg_get_indexdef(%s::regclass)", [name]).fetchone()[0]
+        size = c.execute("SELECT pg_relation_size(%s::regclass)", [name]).fetchone()[0]
     import re
 
-    got = dict(re.findall(r"(m|ef_construction)='(\d+)'", d))
-    return int(got["m"]), int(got["ef_construction"]), clock.seconds
+    got = {k: int(v) for k, v in re.findall(r"(m|ef_construction|lists)='(\d+)'", d)}
+    method = "ivfflat" if "ivfflat" in d else "hnsw"
+    if method == "hnsw":
+        got.setdefault("m", 16)
+        got.setdefault("ef_construction", 64)
+    return {"method": method, "halfvec": "halfvec" in d, **got, "seconds": clock.seconds, "bytes": size}
+
+
+def mixed_label(b):
+    """How a report names an index: its method and parameters."""
+    if b.get("method", "hnsw") == "ivfflat":
+        return f"ivfflat, lists {b['lists']}"
+    return f"m {b['m']}, ef_construction {b['ef_construction']}" + (", halfvec" if b.get("halfvec") else "")
 
 
 class MixedChoice:
@@ -481,32 +507,33 @@ class MixedChoice:
             if i % self.every:
                 continue
             t = clock()
-            row = cur.execute(self.sql, (queries[i],), prepare=True).fetchone()
+            row = cur.execute(self.sql, (queries[i],) * self.sql.count("%b"), prepare=True).fetchone()
             self.times.append(clock() - t)
             self.found[i] = int(row[0])
 
 
-def mixed_measure(conninfo, n, small, filler, cached, queries, qkinds, chunks, order="shuffled", skip_m32=False):
+def mixed_measure(conninfo, n, small, filler, cached, queries, qkinds, chunks, order="shuffled", variants=("m32",)):
     rows, _ = mixed_rows(small, filler, cached, n, order)
     with common.Clock() as c:
         true_ids, true_dist, u, uq = mixed_truth(rows, queries)
     print(f"{n} rows: exact top-1 of {len(queries)} queries in {c.seconds:.0f} s", flush=True)
-    builds = {}
-    for key, m, efc in (("default", None, None), ("m32", 32, 200))[:1 if skip_m32 else 2]:
-        table = f"mixed_{n}_{key}"
-        got_m, got_efc, secs = mixed_index(conninfo, table, rows, m, efc)
-        builds[key] = {"table": table, "m": got_m, "ef_construction": got_efc, "seconds": secs}
-        print(f"  {table}: m {got_m}, ef_construction {got_efc}, built in {secs:.1f} s", flush=True)
-    d, b = builds["default"], builds.get("m32")
+    builds, forms = {}, {"default": ("", MIXED_PLAIN, [("hnsw.ef_search", e) for e in MIXED_EF])}
+    forms.update((v, MIXED_VARIANTS[v]) for v in variants)
+    for key, (args, _, _) in forms.items():
+        table = f"mixed_{n}_{key.replace('-', '_')}"
+        bd = mixed_index(conninfo, table, rows, args.format(sqrt=max(10, round(n ** 0.5))))
+        builds[key] = {"table": table, **bd}
+        print(f"  {table}: {mixed_label(bd)}, built in {bd['seconds']:.1f} s, {bd['bytes'] / 2**20:.0f} MB", flush=True)
+    d = builds["default"]
     exact_every = 1 if n <= 10000 else 50
     index = ["SET enable_seqscan = off"]  # the index, also where the planner would sort
     choices = []
-    for ef in MIXED_EF:
-        choices.append(MixedChoice(f"m {d['m']}, ef_construction {d['ef_construction']}, ef_search {ef}",
-                                   conninfo, MIXED_PLAIN.format(t=d["table"]), index + [f"SET hnsw.ef_search = {ef}"]))
-    for ef in (40, 100, 400) if b else ():
-        choices.append(MixedChoice(f"m {b['m']}, ef_construction {b['ef_construction']}, ef_search {ef}",
-                                   conninfo, MIXED_PLAIN.format(t=b["table"]), index + [f"SET hnsw.ef_search = {ef}"]))
+    for key, (_, sql, knobs) in forms.items():
+        b = builds[key]
+        for setting, value in knobs:
+            knob = "ef_search" if setting == "hnsw.ef_search" else "probes"
+            choices.append(MixedChoice(f"{mixed_label(b)}, {knob} {value}", conninfo, sql.format(t=b["table"]),
+                                       index + [f"SET {setting} = {value}"]))
     choices.append(MixedChoice("exact scan", conninfo, MIXED_PLAIN.format(t=d["table"]),
                                ["SET enable_indexscan = off"], every=exact_every))
     choices.append(MixedChoice("pgvision.search_vector, default settings", conninfo,
@@ -544,13 +571,13 @@ def mixed_measure(conninfo, n, small, filler, cached, queries, qkinds, chunks, o
     return {"rows": n, "order": order, "builds": builds, "choices": out, "exact_every": exact_every}
 
 
-def mixed_run(conninfo, sizes, orders, m32_rows, m32_orders, chunks):
+def mixed_run(conninfo, sizes, orders, m32_rows, m32_orders, chunks, variants=("m32",)):
     small, _, filler, queries, qkinds, cached = mixed_data()
     with psycopg.connect(conninfo, autocommit=True) as c:
         c.execute("CREATE EXTENSION IF NOT EXISTS pgvision CASCADE")
         c.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
     runs = [mixed_measure(conninfo, n, small, filler, cached, queries, qkinds, chunks, order,
-                          skip_m32=(m32_rows is not None and n not in m32_rows) or order not in m32_orders)
+                          () if (m32_rows is not None and n not in m32_rows) or order not in m32_orders else variants)
             for n in sizes for order in orders]
     kinds = list(dict.fromkeys(qkinds))
     return {"queries": len(queries), "edited": sum(k != "fashion" for k in qkinds),
@@ -595,8 +622,8 @@ def mixed_report(mx):
                          f"| {p['photo_agreement']:.4f} | {p['fashion_agreement']:.4f} "
                          f"| {p['worst_kind']} {p['worst_agreement']:.3f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} |")
     builds = "; ".join(f"{r['rows']:,} {r['order']}: " + ", ".join(
-        f"m {b['m']}/ef_construction {b['ef_construction']} {b['seconds']:.1f} s" for b in r["builds"].values())
-        for r in mx["runs"])
+        f"{mixed_label(b)} {b['seconds']:.1f} s" + (f" ({b['bytes'] / 2**20:,.0f} MB)" if "bytes" in b else "")
+        for b in r["builds"].values()) for r in mx["runs"])
     lines += ["", f"Index builds (pgvision.create_index, max_parallel_maintenance_workers 2): {builds}."]
     return "\n".join(lines)
 
@@ -660,10 +687,14 @@ def main():
     ap.add_argument("--mixed-rows", type=int, nargs="+", default=[1000, 2000, 3279, 100000])
     ap.add_argument("--mixed-orders", nargs="+", default=["photos first", "shuffled"],
                     choices=["photos first", "shuffled", "photos last"])
+    ap.add_argument("--mixed-variants", nargs="*", default=["m32"], choices=sorted(MIXED_VARIANTS),
+                    help="indexes besides create_index's default (m32: m 32, ef_construction 200; "
+                         "m32-halfvec: the same on column::halfvec; ivfflat: lists rows/1000; "
+                         "ivfflat-sqrt: lists sqrt(rows))")
     ap.add_argument("--mixed-m32-rows", type=int, nargs="*", default=None,
-                    help="table sizes that also get an m 32, ef_construction 200 index (default all)")
+                    help="table sizes that also get the --mixed-variants indexes (default all)")
     ap.add_argument("--mixed-m32-orders", nargs="+", default=["photos first", "shuffled"],
-                    help="row orders that get the m 32 index too")
+                    help="row orders that get the --mixed-variants indexes too")
     ap.add_argument("--mixed-chunks", type=int, default=10)
     ap.add_argument("--mixed-append", metavar="NOTE",
                     help="with --mixed-only: add these runs to the mixed table of search.json, marked NOTE")
@@ -671,11 +702,12 @@ def main():
     mixed_args = " ".join(["--mixed-rows", *map(str, args.mixed_rows), "--mixed-orders",
                            *(f"'{o}'" for o in args.mixed_orders), "--mixed-chunks", str(args.mixed_chunks)]
                           + ([] if args.mixed_m32_rows is None else ["--mixed-m32-rows", *map(str, args.mixed_m32_rows)])
-                          + ["--mixed-m32-orders", *(f"'{o}'" for o in args.mixed_m32_orders)])
+                          + ["--mixed-m32-orders", *(f"'{o}'" for o in args.mixed_m32_orders)]
+                          + ["--mixed-variants", *args.mixed_variants])
 
     def run_mixed(conninfo):
         mx = mixed_run(conninfo, args.mixed_rows, args.mixed_orders, args.mixed_m32_rows, args.mixed_m32_orders,
-                       args.mixed_chunks)
+                       args.mixed_chunks, args.mixed_variants)
         mx["args"] = mixed_args
         mx["settings"] = MIXED_SETTINGS
         return mx
