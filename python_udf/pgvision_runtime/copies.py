@@ -20,7 +20,6 @@ mirrored and turned, for the edits that leave its low frequencies alone (re-enco
 blur, downscaling, grey, brightness), where features move more than hashes do.
 """
 
-
 import math
 
 import numpy as np
@@ -218,8 +217,7 @@ def query(model, data, limits, check=None):
     found = views(img, turns=not square)
     inputs = [preprocess.prepare(view, spec) for _, _, view in found]
     if square:
-        turned = [(name, PENALTY[name], None) for name in _TURNS]
-        found[1:1] = turned
+        found[1:1] = [(name, PENALTY[name], None) for name in _TURNS]
         inputs[1:1] = [np.rot90(inputs[0], k, axes=(1, 2)) for k in (1, 2, 3)]
     batch = np.stack(inputs)
     if check is not None:
