@@ -57,10 +57,15 @@ def main():
         machines[name] = m
         parts.append(link_plots(md.read_text().strip()) + "\n\n"
                      f"<sub>Measured {data.get('measured', '?')} with `{data.get('command', '?')}` "
-                     f"on {m.get('cores', '?')} × {m.get('cpu', '?')}, {m.get('memory_mib', '?')} MiB, "
+                     f"on {m.get('cores', '?')} × {m.get('cpu', '?')}{vnni(m)}, {m.get('memory_mib', '?')} MiB, "
                      f"{m.get('postgresql', '?')}, onnxruntime {m.get('onnxruntime', '?')}.</sub>\n")
     (common.ROOT / "BENCHMARKS.md").write_text("\n".join(parts))
     print(f"wrote BENCHMARKS.md ({len(machines)} of {len(ORDER)} sections measured)")
+
+
+def vnni(m):
+    """Whether the CPU had VNNI, where the results say."""
+    return "" if "vnni" not in m else " (VNNI)" if m["vnni"] else " (no VNNI)"
 
 
 if __name__ == "__main__":
