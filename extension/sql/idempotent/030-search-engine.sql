@@ -252,6 +252,31 @@ $$;
 COMMENT ON FUNCTION pgvision._search_scan(regclass) IS
 'internal: how pgvision._search reads a table: exact (a table of this server below 1,500 rows, unless enable_seqscan is off) and the hnsw.ef_search of its index scans (1000, pgvector''s largest: the session''s value is raised, never lowered)';
 
+-- The ivfflat.probes of the search functions' scans of a column's IVFFlat index. An IVFFlat
+-- search reads only the lists whose centres are nearest the query, and a photo's nearest row
+-- may lie in another: at pgvector's default of 1 probe, lists 100 on the 100,000-row mixed
+-- collection gave a top-1 agreement with an exact scan of 0.54 to 0.92 (BENCHMARKS.md,
+-- figure 3), at 10 probes 0.90 to 0.99, at 30 0.987 to 0.998. 2·sqrt(lists) (20 there)
+-- reads about 2·rows/sqrt(lists) rows: with create_index's lists (rows/1000) that grows
+-- with the square root of the table, as pgvector's own advice (sqrt(lists)) does. The
+-- session's value is raised, never lowered. NULL where the column has no plain IVFFlat
+-- index for the metric (one over column::halfvec serves only queries on that expression).
+CREATE OR REPLACE FUNCTION pgvision._search_probes(tbl regclass, feature_column name, metric text)
+RETURNS int
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT LEAST(l.lists, GREATEST(coalesce(pg_catalog.current_setting('ivfflat.probes', true), '1')::int,
+                                   pg_catalog.ceil(2 * pg_catalog.sqrt(l.lists))::int))
+    -- pgvector's default lists is 100
+    FROM pgvision._switch_indexes(tbl, feature_column) i, LATERAL (SELECT coalesce(i.lists, 100) AS lists) l
+    WHERE i.method = 'ivfflat' AND NOT i.halfvec AND i.metric = _search_probes.metric
+    ORDER BY l.lists DESC
+    LIMIT 1
+$$;
+COMMENT ON FUNCTION pgvision._search_probes(regclass, name, text) IS
+'internal: the ivfflat.probes of pgvision._search''s scans of the column''s IVFFlat index for the metric: 2·sqrt(lists), at most lists, never below the session''s; NULL without such an index';
+
 -- Iterative index scans (pgvector 0.8) keep reading the index until k rows pass the filter;
 -- relaxed_order may return rows slightly out of order, so results are sorted again. The
 -- scan settings of pgvision._search_scan are set for the function's queries and put back
@@ -279,22 +304,27 @@ DECLARE
     _n int;
     _scan record := pgvision._search_scan(tbl);
     _ef text := pg_catalog.current_setting('hnsw.ef_search', true);
+    _probes int := CASE WHEN NOT _scan.exact THEN pgvision._search_probes(tbl, feature_column, _m.metric) END;
+    _session_probes text := pg_catalog.current_setting('ivfflat.probes', true);
     _indexscan text := pg_catalog.current_setting('enable_indexscan');
     _seqscan text := pg_catalog.current_setting('enable_seqscan');
-    -- Without a filter, the HNSW index of a table at or above the exact scan's size: at
-    -- ef_search 1000 the planner would rather sort a table of a few thousand rows, which is
-    -- exact but slower (BENCHMARKS.md, figure 3).
+    -- Without a filter, the HNSW or IVFFlat index of a table at or above the exact scan's
+    -- size: at ef_search 1000 (or many probes) the planner would rather sort a table of a few
+    -- thousand rows, which is exact but slower (BENCHMARKS.md, figure 3).
     _index boolean := NOT _scan.exact AND filter IS NULL AND EXISTS (
         SELECT FROM pg_catalog.pg_index i
         JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
         JOIN pg_catalog.pg_am am ON am.oid = ic.relam
         JOIN pg_catalog.pg_class t ON t.oid = i.indrelid
         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-        WHERE i.indrelid = tbl AND a.attname = feature_column AND am.amname = 'hnsw' AND i.indisvalid
+        WHERE i.indrelid = tbl AND a.attname = feature_column AND am.amname IN ('hnsw', 'ivfflat') AND i.indisvalid
           AND t.relkind IN ('r', 'm'));
 BEGIN
     IF _ef IS DISTINCT FROM _scan.ef_search::text THEN
         PERFORM pg_catalog.set_config('hnsw.ef_search', _scan.ef_search::text, true);
+    END IF;
+    IF _probes IS NOT NULL AND _probes IS DISTINCT FROM _session_probes::int THEN
+        PERFORM pg_catalog.set_config('ivfflat.probes', _probes::text, true);
     END IF;
     IF _scan.exact THEN
         PERFORM pg_catalog.set_config('enable_indexscan', 'off', true);
@@ -323,6 +353,9 @@ BEGIN
     -- an error on the way rolls the settings back with the (sub)transaction
     IF _ef IS DISTINCT FROM _scan.ef_search::text THEN
         PERFORM pg_catalog.set_config('hnsw.ef_search', coalesce(_ef, '40'), true);
+    END IF;
+    IF _probes IS NOT NULL AND _probes IS DISTINCT FROM _session_probes::int THEN
+        PERFORM pg_catalog.set_config('ivfflat.probes', coalesce(_session_probes, '1'), true);
     END IF;
     IF _scan.exact THEN
         PERFORM pg_catalog.set_config('enable_indexscan', _indexscan, true);
