@@ -75,6 +75,41 @@ def test_verdicts(conn, gallery):
     assert set(exact[0][4]) == {"id", "name", "phash"}
 
 
+def looks(conn, image):
+    """find_copies' rows and whether it answered from its first look (the full view and the
+    hashes), from its DEBUG message."""
+    notes = []
+    conn.add_notice_handler(lambda d: notes.append(d.message_primary))
+    with conn.transaction():
+        conn.execute("SET LOCAL client_min_messages = debug1")
+        rows = copies(conn, image, 5)
+    notes = [n for n in notes if n.startswith("find_copies:")]
+    assert len(notes) == 1, notes
+    return rows, "every view" not in notes[0]
+
+
+def test_a_re_encoded_copy_is_answered_by_the_first_look(conn, gallery):
+    """A re-encoded, recoloured or turned copy is found by the full view and the hashes (near),
+    and the answer is the one every view gives: the original first, with its verdict."""
+    conn.execute("DROP TABLE IF EXISTS gallery_nohash")
+    conn.execute("CREATE TABLE gallery_nohash AS SELECT id, name, image, feature FROM gallery")
+    for edit in ("jpeg q15", "grey", "downscale 1/3", "rotate 90"):
+        query = mixed.edited("eagle", photo("eagle"), edit)
+        rows, quick = looks(conn, query)
+        assert quick, edit
+        assert (rows[0][4]["name"], rows[0][3]) == ("eagle", "near"), edit
+        # every view, without hashes: the same original first
+        full = conn.execute("SELECT item->>'name' FROM pgvision.find_copies('gallery_nohash', %s, 1)",
+                            [query]).fetchone()[0]
+        assert full == "eagle"
+    # a crop, a frame or a screenshot moves the hash: every view is looked with
+    for edit in ("crop 80% centre", "screenshot", "border"):
+        rows, quick = looks(conn, mixed.edited("eagle", photo("eagle"), edit))
+        assert not quick, edit
+        assert rows[0][4]["name"] == "eagle", edit
+    conn.execute("DROP TABLE gallery_nohash")
+
+
 def test_features_alone_without_a_hash_column(conn, gallery):
     conn.execute("DROP TABLE IF EXISTS nohash")
     conn.execute("CREATE TABLE nohash AS SELECT id, name, image, feature FROM gallery")

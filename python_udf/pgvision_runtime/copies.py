@@ -173,7 +173,7 @@ def _tilted_centre(img, degrees):
                          matrix, Image.Resampling.BICUBIC)
 
 
-def views(img, turns=True):
+def views(img, turns=True, full_only=False):
     """[(name, penalty, image)] of a decoded image, ``full`` first; without ``turns``, the
     quarter turns are left out (query turns the model input instead)."""
     work = img
@@ -181,6 +181,8 @@ def views(img, turns=True):
         work = img.copy()
         work.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BICUBIC)
     out = [("full", work)]
+    if full_only:
+        return [("full", PENALTY["full"], work)]
     if turns:
         out += [(name, work.transpose(turn)) for name, turn in _TURNS.items()]
     for name, cut in (("trim", trim), ("content", content)):
@@ -199,9 +201,10 @@ def hash_views(img, check=None):
     return [hashes.phash(grey if turn is None else grey.transpose(turn)) for turn in _HASH_TURNS]
 
 
-def query(model, data, limits, check=None):
+def query(model, data, limits, check=None, quick=False):
     """The views of image bytes for find_copies: [(view, penalty, feature, None)] and
-    [('hash', 0, None, bits)] rows, one decode for all."""
+    [('hash', 0, None, bits)] rows, one decode for all; ``quick``: the ``full`` view alone
+    and the hashes, what finds a re-encoded, resized or recoloured copy."""
     spec = model.spec
 
     def later(size, pixel_bytes):
@@ -214,9 +217,9 @@ def query(model, data, limits, check=None):
     # With a square input, a quarter turn of the image and of its model input are the same
     # up to the resize's rounding (feature cosine above 0.999), and turning the input is free.
     square = spec["size"][0] == spec["size"][1]
-    found = views(img, turns=not square)
+    found = views(img, turns=not square, full_only=quick)
     inputs = [preprocess.prepare(view, spec) for _, _, view in found]
-    if square:
+    if square and not quick:
         found[1:1] = [(name, PENALTY[name], None) for name in _TURNS]
         inputs[1:1] = [np.rot90(inputs[0], k, axes=(1, 2)) for k in (1, 2, 3)]
     batch = np.stack(inputs)

@@ -334,13 +334,14 @@ def dhash(plpy, GD, image):
 
 
 @sql_errors
-def copy_query(plpy, GD, image, model_name):
-    """pgvision._copy_query: the views of a query image (copies.query) as rows of
-    (view, penalty, feature as vector text, hash as bit text)."""
+def copy_query(plpy, GD, image, model_name, quick=False):
+    """pgvision._copy_query (pgvision._copy_quick with ``quick``): the views of a query
+    image (copies.query) as rows of (view, penalty, feature as vector text, hash as bit text)."""
     from . import copies
     m, conf = model(plpy, GD, model_name)
     return [(view, penalty, None if f is None else vector_text(f), bits)
-            for view, penalty, f, bits in copies.query(m, image, _limits(conf), check=interrupt_check(plpy, GD))]
+            for view, penalty, f, bits in copies.query(m, image, _limits(conf), check=interrupt_check(plpy, GD),
+                                                       quick=quick)]
 
 
 @sql_errors

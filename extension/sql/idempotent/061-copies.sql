@@ -23,6 +23,21 @@ $python$;
 COMMENT ON FUNCTION pgvision._copy_query(bytea, text) IS
 'internal: the views of a query image pgvision.find_copies searches with: (view, penalty, feature) rows embedded with the model, then (''hash'', 0, NULL, phash) rows of the image as it is, mirrored and turned';
 
+-- The first, cheap look of find_copies: the full view alone and the hashes. A re-encoded,
+-- resized, grey or recoloured copy is found by them with a near or exact verdict, and the
+-- other eight views (turned, trimmed, cut, tilted: most of a query's time) are then not
+-- computed.
+CREATE OR REPLACE FUNCTION pgvision._copy_quick(image bytea, model text)
+RETURNS TABLE (view text, penalty double precision, feature vector, hash bit(64))
+LANGUAGE plpython3u IMMUTABLE STRICT PARALLEL UNSAFE COST 20000 ROWS 6
+SET search_path = pg_catalog, pg_temp
+AS $python$
+@PREAMBLE@
+return pv.copy_query(plpy, GD, image, model, quick=True)
+$python$;
+COMMENT ON FUNCTION pgvision._copy_quick(bytea, text) IS
+'internal: the full view of a query image embedded with the model, then the (''hash'', 0, NULL, phash) rows, as pgvision._copy_query gives them: what pgvision.find_copies looks with first';
+
 -- The hash column find_copies reads: the named one, which must be bit(64); NULL when the
 -- default name is not a column of the table (find_copies then uses features alone).
 CREATE OR REPLACE FUNCTION pgvision._hash_column(tbl regclass, hash_column name, given boolean)
@@ -79,6 +94,12 @@ DECLARE
     _ef int;
     _session_ef text;
     _q text;
+    _quick boolean := false;
+    _ranks int[];
+    _ids text[];
+    _scores double precision[];
+    _verdicts text[];
+    _items jsonb[];
 BEGIN
     IF tbl IS NULL OR k IS NULL OR feature_column IS NULL OR candidates IS NULL THEN
         RAISE EXCEPTION 'tbl, k, feature_column and candidates must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -96,11 +117,6 @@ BEGIN
         RETURN;
     END IF;
     _model := pgvision._query_model(tbl, feature_column, NULL);
-    SELECT pg_catalog.array_agg(q.feature::pg_catalog.text ORDER BY q.n) FILTER (WHERE q.feature IS NOT NULL),
-           pg_catalog.array_agg(q.penalty ORDER BY q.n) FILTER (WHERE q.feature IS NOT NULL),
-           pg_catalog.array_agg(q.hash::pg_catalog.text ORDER BY q.n) FILTER (WHERE q.hash IS NOT NULL)
-    INTO _features, _penalties, _hashes
-    FROM pgvision._copy_query(image, _model) WITH ORDINALITY q (view, penalty, feature, hash, n);
 
     -- Each view reads `candidates` rows from the index; an HNSW search keeps at least that
     -- many (more when the session asks for more), and the session's value comes back after.
@@ -136,16 +152,45 @@ BEGIN
           -- (OPERATOR() has one precedence for all: the parentheses say what binds first)
           || ' x AS (SELECT r.*, r.fs OPERATOR(pg_catalog.+) (0.02::pg_catalog.float8 OPERATOR(pg_catalog.*)'
           || ' GREATEST(0::pg_catalog.float8, 18::pg_catalog.float8 OPERATOR(pg_catalog.-) coalesce(r.bits, 18::pg_catalog.float8))) AS score FROM r)'
-          || ' SELECT (pg_catalog.row_number() OVER (ORDER BY x.score DESC))::pg_catalog.int4, x.id, x.score,'
+          || ' SELECT (pg_catalog.row_number() OVER (ORDER BY x.score DESC))::pg_catalog.int4 AS rank, x.id, x.score,'
           || ' CASE WHEN x.bits OPERATOR(pg_catalog.=) 0::pg_catalog.float8 AND x.full_sim OPERATOR(pg_catalog.>=) 0.99::pg_catalog.float8 THEN ''exact'''
           || ' WHEN x.bits OPERATOR(pg_catalog.<=) 8::pg_catalog.float8 THEN ''near'''
-          || ' WHEN x.score OPERATOR(pg_catalog.>=) 0.9::pg_catalog.float8 THEN ''copy'' ELSE ''similar'' END, x.item'
+          || ' WHEN x.score OPERATOR(pg_catalog.>=) 0.9::pg_catalog.float8 THEN ''copy'' ELSE ''similar'' END AS verdict, x.item'
           || ' FROM x ORDER BY x.score DESC LIMIT $5';
-    RETURN QUERY EXECUTE _q USING _features, _penalties, _hashes, candidates, k;
+
+    -- With a hash column, first the full view and the hashes: when their best row is an exact
+    -- or near copy, that is the answer (the other views would add similar rows below it);
+    -- else every view (BENCHMARKS.md, section 8).
+    IF _hash IS NOT NULL THEN
+        SELECT pg_catalog.array_agg(q.feature::pg_catalog.text ORDER BY q.n) FILTER (WHERE q.feature IS NOT NULL),
+               pg_catalog.array_agg(q.penalty ORDER BY q.n) FILTER (WHERE q.feature IS NOT NULL),
+               pg_catalog.array_agg(q.hash::pg_catalog.text ORDER BY q.n) FILTER (WHERE q.hash IS NOT NULL)
+        INTO _features, _penalties, _hashes
+        FROM pgvision._copy_quick(image, _model) WITH ORDINALITY q (view, penalty, feature, hash, n);
+        EXECUTE 'SELECT pg_catalog.array_agg(f.rank ORDER BY f.rank), pg_catalog.array_agg(f.id ORDER BY f.rank),'
+                || ' pg_catalog.array_agg(f.score ORDER BY f.rank), pg_catalog.array_agg(f.verdict ORDER BY f.rank),'
+                || ' pg_catalog.array_agg(f.item ORDER BY f.rank) FROM (' || _q || ') f'
+            INTO _ranks, _ids, _scores, _verdicts, _items
+            USING _features, _penalties, _hashes, candidates, k;
+        _quick := coalesce(_verdicts[1] IN ('exact', 'near'), false);
+        RAISE DEBUG 'find_copies: the full view and the hashes found % at rank 1%', coalesce(_verdicts[1], 'nothing'),
+            CASE WHEN _quick THEN '' ELSE '; looking with every view' END;
+    END IF;
+    IF _quick THEN
+        RETURN QUERY SELECT * FROM ROWS FROM (pg_catalog.unnest(_ranks), pg_catalog.unnest(_ids), pg_catalog.unnest(_scores),
+                                              pg_catalog.unnest(_verdicts), pg_catalog.unnest(_items));
+    ELSE
+        SELECT pg_catalog.array_agg(q.feature::pg_catalog.text ORDER BY q.n) FILTER (WHERE q.feature IS NOT NULL),
+               pg_catalog.array_agg(q.penalty ORDER BY q.n) FILTER (WHERE q.feature IS NOT NULL),
+               pg_catalog.array_agg(q.hash::pg_catalog.text ORDER BY q.n) FILTER (WHERE q.hash IS NOT NULL)
+        INTO _features, _penalties, _hashes
+        FROM pgvision._copy_query(image, _model) WITH ORDINALITY q (view, penalty, feature, hash, n);
+        RETURN QUERY EXECUTE _q USING _features, _penalties, _hashes, candidates, k;
+    END IF;
     IF _session_ef IS NOT NULL THEN
         PERFORM pg_catalog.set_config('hnsw.ef_search', _session_ef, true);
     END IF;
 END
 $$;
 COMMENT ON FUNCTION pgvision.find_copies(regclass, bytea, int, name, name, int) IS
-'the rows whose image the query image is an edited copy of (re-encoded, resized, cropped, mirrored, turned, grey, recoloured, blurred, framed, captioned, in a screenshot), best first: score is the best cosine similarity of a view of the query (as it is, turned back a quarter, a half or three quarters, without its border, its textured region, its centre, its centre tilted back 10 degrees either way), less the view''s penalty, plus 0.02 per bit of perceptual hash distance under 18 where the table has a hash column (hash_column, default phash if there is one: bit(64), e.g. GENERATED ALWAYS AS (pgvision.phash(image)) STORED, with an hnsw bit_hamming_ops index); verdict: exact (hash distance 0, full view similarity at least 0.99), near (hash distance at most 8), copy (score at least 0.9), else similar. Each of the 9 views and 5 hashes reads candidates rows through its index; the query image is embedded once per view with the column''s model. id and item as in pgvision.search';
+'the rows whose image the query image is an edited copy of (re-encoded, resized, cropped, mirrored, turned, grey, recoloured, blurred, framed, captioned, in a screenshot), best first: score is the best cosine similarity of a view of the query (as it is, turned back a quarter, a half or three quarters, without its border, its textured region, its centre, its centre tilted back 10 degrees either way), less the view''s penalty, plus 0.02 per bit of perceptual hash distance under 18 where the table has a hash column (hash_column, default phash if there is one: bit(64), e.g. GENERATED ALWAYS AS (pgvision.phash(image)) STORED, with an hnsw bit_hamming_ops index); verdict: exact (hash distance 0, full view similarity at least 0.99), near (hash distance at most 8), copy (score at least 0.9), else similar. Each of the 9 views and 5 hashes reads candidates rows through its index; the query image is embedded once per view with the column''s model. With a hash column the full view and the hashes are looked with first, and when their best row is exact or near that is the answer, without the other views (a re-encoded, resized or recoloured copy costs about a fifth of the time). id and item as in pgvision.search';
