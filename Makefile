@@ -40,22 +40,28 @@ dev: deps $(VERSION_PY)
 	bash scripts/venv.sh $(DEV_VENV) --no-deps -e ./python_udf
 	bash scripts/venv.sh $(DEV_VENV) --no-deps -e ./client
 
-# the default model, built from the published weights with numpy + onnx, and its 8-bit
-# version, quantized with onnxruntime on photos from Debian's packages, and their variants
-# with features of length 1 (models/variants.py; the same files, linked)
+# the default model, built from the published weights with numpy + onnx, its 8-bit
+# versions, quantized with onnxruntime on photos from Debian's packages, and its variant
+# with features of length 1 (models/variants.py; the same graph, linked)
+INT8_MODELS = efficientnet_lite0_int8 efficientnet_lite0_int8_normalized
 model: dev
 	$(DEV_VENV)/bin/python models/build.py --out $(MODEL_DIR)
 	install -m 644 $(MODEL_DIR)/efficientnet_lite0.onnx $(MODEL_DIR)/efficientnet_lite0.json $(RUNTIME_PATH)/models/
 	install -m 644 $(MODEL_DIR)/imagenet_classes.txt $(RUNTIME_PATH)/models/efficientnet_lite0.labels.txt
 	$(DEV_VENV)/bin/python models/quantize.py --model-dir $(MODEL_DIR)
-	install -m 644 $(MODEL_DIR)/efficientnet_lite0_int8.onnx $(MODEL_DIR)/efficientnet_lite0_int8.json $(RUNTIME_PATH)/models/
-	install -m 644 $(MODEL_DIR)/imagenet_classes.txt $(RUNTIME_PATH)/models/efficientnet_lite0_int8.labels.txt
-	$(DEV_VENV)/bin/python models/variants.py --model-dir $(MODEL_DIR)
-	for v in efficientnet_lite0 efficientnet_lite0_int8; do \
-	    install -m 644 $(MODEL_DIR)/$${v}_normalized.json $(RUNTIME_PATH)/models/ && \
-	    ln -sfn $$v.onnx $(RUNTIME_PATH)/models/$${v}_normalized.onnx && \
-	    ln -sfn $$v.labels.txt $(RUNTIME_PATH)/models/$${v}_normalized.labels.txt || exit 1; \
+	# (an older install linked efficientnet_lite0_int8_normalized's files to the int8 model's:
+	# install would write through the links)
+	for v in $(INT8_MODELS); do \
+	    for f in $$v.onnx $$v.labels.txt; do \
+	        if [ -L $(RUNTIME_PATH)/models/$$f ]; then rm -f $(RUNTIME_PATH)/models/$$f; fi; \
+	    done; \
+	    install -m 644 $(MODEL_DIR)/$$v.onnx $(MODEL_DIR)/$$v.json $(RUNTIME_PATH)/models/ && \
+	    install -m 644 $(MODEL_DIR)/imagenet_classes.txt $(RUNTIME_PATH)/models/$$v.labels.txt || exit 1; \
 	done
+	$(DEV_VENV)/bin/python models/variants.py --model-dir $(MODEL_DIR)
+	install -m 644 $(MODEL_DIR)/efficientnet_lite0_normalized.json $(RUNTIME_PATH)/models/
+	ln -sfn efficientnet_lite0.onnx $(RUNTIME_PATH)/models/efficientnet_lite0_normalized.onnx
+	ln -sfn efficientnet_lite0.labels.txt $(RUNTIME_PATH)/models/efficientnet_lite0_normalized.labels.txt
 
 install: deps runtime extension model
 

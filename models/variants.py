@@ -10,7 +10,8 @@ changes under its name; the cache keys sessions by bytes and spec).
 - ``*_normalized``: features scaled to length 1 ("normalize": true), so that `<->`, `<=>`
   and `<#>` rank alike and L2 distance ranks as cosine does: +0.007 precision@10 on
   Fashion-MNIST and +0.011 on the photo cut-outs over L2 on the raw feature (BENCHMARKS.md,
-  section 4b). The default model of a fresh install.
+  section 4b). The default model of a fresh install. (Its 8-bit counterpart,
+  efficientnet_lite0_int8_normalized, is a graph of its own: models/quantize.py.)
 """
 
 import argparse
@@ -20,7 +21,6 @@ import pathlib
 
 VARIANTS = {
     "efficientnet_lite0_normalized": ("efficientnet_lite0", {"normalize": True}),
-    "efficientnet_lite0_int8_normalized": ("efficientnet_lite0_int8", {"normalize": True}),
 }
 
 
