@@ -255,8 +255,9 @@ COMMENT ON FUNCTION pgvision._search_scan(regclass) IS
 -- The ivfflat.probes of the search functions' scans of a column's IVFFlat index. An IVFFlat
 -- search reads only the lists whose centres are nearest the query, and a photo's nearest row
 -- may lie in another: at pgvector's default of 1 probe, lists 100 on the 100,000-row mixed
--- collection gave a top-1 agreement with an exact scan of 0.54 to 0.92 (BENCHMARKS.md,
--- figure 3), at 10 probes 0.90 to 0.99, at 30 0.987 to 0.998. 2·sqrt(lists) (20 there)
+-- collection gave a top-1 agreement with an exact scan of 0.54 (photos first) to 0.94
+-- (shuffled) (BENCHMARKS.md, figure 3), at 10 probes 0.89 to 0.996, at 30 0.98 to 0.9995.
+-- 2·sqrt(lists) (20 there: 0.958 and 0.998, 25 ms against 12 at 10)
 -- reads about 2·rows/sqrt(lists) rows: with create_index's lists (rows/1000) that grows
 -- with the square root of the table, as pgvector's own advice (sqrt(lists)) does. The
 -- session's value is raised, never lowered. NULL where the column has no plain IVFFlat
