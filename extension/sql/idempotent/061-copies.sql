@@ -94,7 +94,7 @@ DECLARE
     _ef int;
     _session_ef text;
     _q text;
-    _quick boolean := false;
+    _quick boolean;
     _ranks int[];
     _ids text[];
     _scores double precision[];
@@ -160,37 +160,32 @@ BEGIN
 
     -- With a hash column, first the full view and the hashes: when their best row is an exact
     -- or near copy, that is the answer (the other views would add similar rows below it);
-    -- else every view (BENCHMARKS.md, section 8).
-    IF _hash IS NOT NULL THEN
-        SELECT pg_catalog.array_agg(q.feature::pg_catalog.text ORDER BY q.n) FILTER (WHERE q.feature IS NOT NULL),
-               pg_catalog.array_agg(q.penalty ORDER BY q.n) FILTER (WHERE q.feature IS NOT NULL),
-               pg_catalog.array_agg(q.hash::pg_catalog.text ORDER BY q.n) FILTER (WHERE q.hash IS NOT NULL)
-        INTO _features, _penalties, _hashes
-        FROM pgvision._copy_quick(image, _model) WITH ORDINALITY q (view, penalty, feature, hash, n);
+    -- else, or without a hash column, every view (BENCHMARKS.md, section 8).
+    FOREACH _quick IN ARRAY CASE WHEN _hash IS NULL THEN ARRAY[false] ELSE ARRAY[true, false] END LOOP
+        EXECUTE pg_catalog.format(
+            'SELECT pg_catalog.array_agg(q.feature::pg_catalog.text ORDER BY q.n) FILTER (WHERE q.feature IS NOT NULL),'
+            ' pg_catalog.array_agg(q.penalty ORDER BY q.n) FILTER (WHERE q.feature IS NOT NULL),'
+            ' pg_catalog.array_agg(q.hash::pg_catalog.text ORDER BY q.n) FILTER (WHERE q.hash IS NOT NULL)'
+            ' FROM pgvision.%I($1, $2) WITH ORDINALITY q (view, penalty, feature, hash, n)',
+            CASE WHEN _quick THEN '_copy_quick' ELSE '_copy_query' END)
+            INTO _features, _penalties, _hashes USING image, _model;
         EXECUTE 'SELECT pg_catalog.array_agg(f.rank ORDER BY f.rank), pg_catalog.array_agg(f.id ORDER BY f.rank),'
                 || ' pg_catalog.array_agg(f.score ORDER BY f.rank), pg_catalog.array_agg(f.verdict ORDER BY f.rank),'
                 || ' pg_catalog.array_agg(f.item ORDER BY f.rank) FROM (' || _q || ') f'
             INTO _ranks, _ids, _scores, _verdicts, _items
             USING _features, _penalties, _hashes, candidates, k;
+        EXIT WHEN NOT _quick;
         _quick := coalesce(_verdicts[1] IN ('exact', 'near'), false);
         RAISE DEBUG 'find_copies: the full view and the hashes found % at rank 1%', coalesce(_verdicts[1], 'nothing'),
             CASE WHEN _quick THEN '' ELSE '; looking with every view' END;
-    END IF;
-    IF _quick THEN
-        RETURN QUERY SELECT * FROM ROWS FROM (pg_catalog.unnest(_ranks), pg_catalog.unnest(_ids), pg_catalog.unnest(_scores),
-                                              pg_catalog.unnest(_verdicts), pg_catalog.unnest(_items));
-    ELSE
-        SELECT pg_catalog.array_agg(q.feature::pg_catalog.text ORDER BY q.n) FILTER (WHERE q.feature IS NOT NULL),
-               pg_catalog.array_agg(q.penalty ORDER BY q.n) FILTER (WHERE q.feature IS NOT NULL),
-               pg_catalog.array_agg(q.hash::pg_catalog.text ORDER BY q.n) FILTER (WHERE q.hash IS NOT NULL)
-        INTO _features, _penalties, _hashes
-        FROM pgvision._copy_query(image, _model) WITH ORDINALITY q (view, penalty, feature, hash, n);
-        RETURN QUERY EXECUTE _q USING _features, _penalties, _hashes, candidates, k;
-    END IF;
+        EXIT WHEN _quick;
+    END LOOP;
+    RETURN QUERY SELECT * FROM ROWS FROM (pg_catalog.unnest(_ranks), pg_catalog.unnest(_ids), pg_catalog.unnest(_scores),
+                                          pg_catalog.unnest(_verdicts), pg_catalog.unnest(_items));
     IF _session_ef IS NOT NULL THEN
         PERFORM pg_catalog.set_config('hnsw.ef_search', _session_ef, true);
     END IF;
 END
 $$;
 COMMENT ON FUNCTION pgvision.find_copies(regclass, bytea, int, name, name, int) IS
-'the rows whose image the query image is an edited copy of (re-encoded, resized, cropped, mirrored, turned, grey, recoloured, blurred, framed, captioned, in a screenshot), best first: score is the best cosine similarity of a view of the query (as it is, turned back a quarter, a half or three quarters, without its border, its textured region, its centre, its centre tilted back 10 degrees either way), less the view''s penalty, plus 0.02 per bit of perceptual hash distance under 18 where the table has a hash column (hash_column, default phash if there is one: bit(64), e.g. GENERATED ALWAYS AS (pgvision.phash(image)) STORED, with an hnsw bit_hamming_ops index); verdict: exact (hash distance 0, full view similarity at least 0.99), near (hash distance at most 8), copy (score at least 0.9), else similar. Each of the 9 views and 5 hashes reads candidates rows through its index; the query image is embedded once per view with the column''s model. With a hash column the full view and the hashes are looked with first, and when their best row is exact or near that is the answer, without the other views (a re-encoded, resized or recoloured copy costs about a fifth of the time). id and item as in pgvision.search';
+'the rows whose image the query image is an edited copy of (re-encoded, resized, cropped, mirrored, turned, grey, recoloured, blurred, framed, captioned, in a screenshot), best first: score is the best cosine similarity of a view of the query (as it is, turned back a quarter, a half or three quarters, without its border, its textured region, its centre, its centre tilted back 10 degrees either way), less the view''s penalty, plus 0.02 per bit of perceptual hash distance under 18 where the table has a hash column (hash_column, default phash if there is one: bit(64), e.g. GENERATED ALWAYS AS (pgvision.phash(image)) STORED, with an hnsw bit_hamming_ops index); verdict: exact (hash distance 0, full view similarity at least 0.99), near (hash distance at most 8), copy (score at least 0.9), else similar. Each of the 9 views and 5 hashes reads candidates rows through its index; the query image is embedded once per view with the column''s model. With a hash column the full view and the hashes are looked with first, and when their best row is exact or near that is the answer, without the other views. id and item as in pgvision.search';
