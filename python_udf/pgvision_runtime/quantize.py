@@ -65,7 +65,7 @@ def quantize(onnx_bytes, spec, arrays, first_float=True):
 
     ``first_float`` keeps the convolutions that read the image itself in float: they see
     the pixels at full resolution, where 8 bits cost most (EfficientNet-Lite0's stem, 3% of
-    its work: precision@10 on the photo cut-outs 0.852 with it in 8 bits, 0.874 in float,
+    its work: precision@10 on the photo cut-outs 0.851 with it in 8 bits, 0.874 in float,
     the float model's 0.877; BENCHMARKS.md, section 6). The built-in efficientnet_lite0_int8
     was made without it, and keeps its bytes.
 
