@@ -159,8 +159,9 @@ BEGIN
           || ' FROM x ORDER BY x.score DESC LIMIT $5';
 
     -- With a hash column, first the full view and the hashes: when their best row is an exact
-    -- or near copy, that is the answer (the other views would add similar rows below it);
-    -- else, or without a hash column, every view (BENCHMARKS.md, section 8).
+    -- or near copy, that is the answer (every view could differ only where another row
+    -- outscored a copy within 8 bits, and the edits answered so kept their rank-1 recall:
+    -- BENCHMARKS.md, section 8); else, or without a hash column, every view.
     FOREACH _quick IN ARRAY CASE WHEN _hash IS NULL THEN ARRAY[false] ELSE ARRAY[true, false] END LOOP
         EXECUTE pg_catalog.format(
             'SELECT pg_catalog.array_agg(q.feature::pg_catalog.text ORDER BY q.n) FILTER (WHERE q.feature IS NOT NULL),'
