@@ -3,7 +3,8 @@
 The table is synthetic (no model needed): 300 rows in 16 dimensions, 10 labels whose
 centres overlap enough that rankings mix them, plus one label with a single row, rows
 without a label and rows without a feature. Column "feature" has no index, so its search
-is exact; "feature_ivf" holds the same vectors under an ivfflat index probed once, whose
+is exact; "feature_ivf" holds the same vectors under an ivfflat index of 100 lists, read at the
+search functions' 2·sqrt(lists) = 20 probes, whose
 recall is below 1.
 """
 
@@ -50,7 +51,7 @@ def table(server):
             for i, lab, f, p in zip(IDS, LABEL, FEATURES, PRESENT):
                 v = vec(f) if p else None
                 cp.write_row([int(i), lab, v, v])
-        c.execute(f"SELECT pgvision.create_index('{TBL}', 'feature_ivf', method => 'ivfflat', lists => 20)")
+        c.execute(f"SELECT pgvision.create_index('{TBL}', 'feature_ivf', method => 'ivfflat', lists => 100)")
         c.execute(f"ANALYZE {TBL}")
         c.execute(f"CREATE TABLE {NOPK} (id int, label text, feature vector({DIM}))")
         yield TBL

@@ -4,7 +4,8 @@
 --
 -- The approximate top-k is the candidate query the search functions send
 -- (pgvision._search_candidates, 030-search-engine.sql), with the same iterative-scan
--- settings, so it goes through the column's index as a search does. The exact top-k orders
+-- settings, hnsw.ef_search (pgvision._search_scan) and ivfflat.probes
+-- (pgvision._search_probes), so it goes through the column's index as a search does. The exact top-k orders
 -- by the same distance plus 0, an expression no index can serve, so it is a scan of every
 -- row. Labels are compared with the label type's default equality (array equality, GROUP BY
 -- and window partitions all use it), never with an operator looked up by name.
@@ -40,6 +41,9 @@ DECLARE
     _p double precision[] := '{}';
     _ap double precision[] := '{}';
     _rec double precision[] := '{}';
+    _ef text := pg_catalog.current_setting('hnsw.ef_search', true);
+    _session_probes text := pg_catalog.current_setting('ivfflat.probes', true);
+    _probes int;
 BEGIN
     IF tbl IS NULL OR label_column IS NULL OR k IS NULL OR queries IS NULL THEN
         RAISE EXCEPTION 'tbl, label_column, k and queries must not be null'
@@ -66,6 +70,14 @@ BEGIN
     ELSIF pg_catalog.cardinality(_key.columns) > 1 THEN
         RAISE EXCEPTION 'relation % has a primary key of % columns', tbl, pg_catalog.cardinality(_key.columns)
             USING ERRCODE = 'feature_not_supported', HINT = 'evaluate needs a single-column primary key';
+    END IF;
+
+    -- the search functions' index settings, the session's back before returning (an error
+    -- rolls them back with the (sub)transaction)
+    PERFORM pg_catalog.set_config('hnsw.ef_search', (pgvision._search_scan(tbl)).ef_search::text, true);
+    _probes := pgvision._search_probes(tbl, _feature, _m.metric);
+    IF _probes IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('ivfflat.probes', _probes::text, true);
     END IF;
 
     -- Rows searched: a feature and a label. Parameters as in 030-search-engine.sql:
@@ -120,6 +132,10 @@ BEGIN
         _rec := _rec || CASE WHEN pg_catalog.cardinality(_exact_dist) > 0
                              THEN _within::double precision / pg_catalog.cardinality(_exact_dist) END;
     END LOOP;
+    PERFORM pg_catalog.set_config('hnsw.ef_search', coalesce(_ef, '40'), true);
+    IF _probes IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('ivfflat.probes', coalesce(_session_probes, '1'), true);
+    END IF;
     IF pg_catalog.cardinality(_cls) = 0 THEN
         RAISE EXCEPTION 'relation % has no row with both a feature in "%" and a label in "%"', tbl, _feature, label_column
             USING ERRCODE = 'no_data_found',
@@ -135,4 +151,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision.evaluate(regclass, name, int, int, name) IS
-'measures a vector column against a label column: one row per label (as text, in the label''s order) of its query rows, then label NULL over all of them, with query_count, precision_at_k, map_at_k and recall_at_k, each the mean over those queries. Queries: up to `queries` rows with a feature and a label, the first by md5 of the primary key as text (no seed: the same rows on every run and for every column that has them); each searches the other rows with a feature and a label, leaving itself out. Metric: the column index''s, else cosine, as the search functions. precision@k: rows of the query''s label among the k the search returns (the search functions'' query, so through the index), divided by k. AP@k: the sum over those relevant rows of the precision at their rank, divided by min(k, R), R the rows of the query''s label other than itself (0 when R is 0); map_at_k is its mean. recall@k: the returned rows no farther than the k-th row of an exact scan (ORDER BY distance + 0, no index), divided by the exact rows (min(k, rows searched)). Costs one index search and one full scan per query. Runs as the caller; needs a single-column primary key; feature_column defaults to feature; not for sharded tables';
+'measures a vector column against a label column: one row per label (as text, in the label''s order) of its query rows, then label NULL over all of them, with query_count, precision_at_k, map_at_k and recall_at_k, each the mean over those queries. Queries: up to `queries` rows with a feature and a label, the first by md5 of the primary key as text (no seed: the same rows on every run and for every column that has them); each searches the other rows with a feature and a label, leaving itself out. Metric: the column index''s, else cosine, as the search functions. precision@k: rows of the query''s label among the k the search returns (the search functions'' query and index settings, so through the index), divided by k. AP@k: the sum over those relevant rows of the precision at their rank, divided by min(k, R), R the rows of the query''s label other than itself (0 when R is 0); map_at_k is its mean. recall@k: the returned rows no farther than the k-th row of an exact scan (ORDER BY distance + 0, no index), divided by the exact rows (min(k, rows searched)). Costs one index search and one full scan per query. Runs as the caller; needs a single-column primary key; feature_column defaults to feature; not for sharded tables';
