@@ -25,6 +25,7 @@ stamp skips the work when nothing changed.
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import gzip
 import hashlib
@@ -46,6 +47,7 @@ CUTS = ((0, 0, .6, .6), (.4, .4, 1, 1), (.2, 0, .8, .7), (0, .3, .7, 1))
 FASHION_IMAGES = 24
 
 
+@functools.lru_cache(maxsize=None)  # both 8-bit models calibrate on the same images
 def calibration_images():
     import numpy as np
     from PIL import Image

@@ -180,9 +180,9 @@ def views(img, turns=True, full_only=False):
     if max(img.size) > WORK_SIDE:
         work = img.copy()
         work.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BICUBIC)
-    out = [("full", work)]
     if full_only:
         return [("full", PENALTY["full"], work)]
+    out = [("full", work)]
     if turns:
         out += [(name, work.transpose(turn)) for name, turn in _TURNS.items()]
     for name, cut in (("trim", trim), ("content", content)):
