@@ -13,8 +13,8 @@ from data import PHOTOS, Fashion, photo
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
 import mixed  # noqa: E402  (the edits the benchmark measures)
 
-EDITS = ["jpeg q15", "crop 80% centre", "mirror", "grey", "brightness/contrast", "blur r3",
-         "downscale 1/3", "rotate 90", "screenshot", "border", "caption + sticker", "perspective"]
+EDITS = ["jpeg q15", "crop 70% off-centre", "crop 80% centre", "mirror", "grey", "brightness/contrast", "blur r3",
+         "downscale 1/3", "rotate 90", "screenshot", "border", "caption + sticker", "perspective", "rotate 10"]
 
 
 @pytest.fixture(scope="module")
@@ -123,12 +123,80 @@ def test_features_alone_without_a_hash_column(conn, gallery):
     assert "GENERATED ALWAYS AS (pgvision.phash(image))" in e.value.diag.message_hint
 
 
+def crop(name, box_fraction):
+    """JPEG bytes of a part of a darknet photo: box_fraction (left, top, right, bottom) of it."""
+    img = Image.open(io.BytesIO(photo(name))).convert("RGB")
+    w, h = img.size
+    l, t, r, b = box_fraction
+    return mixed.jpeg(img.crop((int(l * w), int(t * h), int(r * w), int(b * h))))
+
+
+def by_name(rows):
+    return {r[4]["name"]: r for r in rows}
+
+
+@pytest.mark.parametrize("name", ["dog", "eagle", "horses", "person"])
+def test_matching_tells_a_crop_from_the_picture_it_lies_in(conn, gallery, name):
+    # 70 % of the photo's left half: its features are close to the half, to the photo whole
+    # and to the right half; keypoints find it in the half, covering most of it
+    query = crop(name, (0.05, 0.2, 0.4, 0.9))
+    rows = copies(conn, query, 5)
+    assert rows[0][4]["name"] == f"{name}-left", [(r[4]["name"], round(r[2], 3), r[3]) for r in rows]
+    plain = by_name(copies(conn, query, 5, matched=0))
+    found = by_name(rows)
+    gain = {n: found[n][2] - plain[n][2] for n in found if n in plain}
+    assert gain[f"{name}-left"] > 0.1, gain
+    assert all(g < gain[f"{name}-left"] for n, g in gain.items() if n != f"{name}-left"), gain
+    assert gain.get(f"{name}-right", 0) < 0.05, gain
+
+
+def test_matching_keeps_going_past_an_image_that_does_not_decode(conn, gallery):
+    conn.execute("DROP TABLE IF EXISTS gallery_broken")
+    conn.execute("CREATE TABLE gallery_broken AS SELECT id, name, image, feature, phash FROM gallery")
+    conn.execute("ALTER TABLE gallery_broken ADD PRIMARY KEY (id)")
+    conn.execute("UPDATE gallery_broken SET image = 'not an image' WHERE name = 'dog'")
+    conn.execute("UPDATE gallery_broken SET image = NULL WHERE name = 'dog-right'")
+    query = crop("dog", (0.05, 0.2, 0.4, 0.9))
+    rows = conn.execute("SELECT id, score, item->>'name' FROM pgvision.find_copies('gallery_broken', %s, 5)",
+                        [query]).fetchall()
+    assert rows[0][2] == "dog-left"
+    assert {"dog", "dog-right"} <= {r[2] for r in rows}  # found by their features, not matched
+    conn.execute("DROP TABLE gallery_broken")
+
+
+def test_matching_needs_the_image_column(conn, gallery, admin):
+    query = crop("dog", (0.05, 0.2, 0.4, 0.9))
+    with pytest.raises(psycopg.errors.DatatypeMismatch):
+        copies(conn, query, image_column="name")
+    with pytest.raises(psycopg.errors.UndefinedColumn):
+        copies(conn, query, image_column="picture")
+    # a role that may read every column but the images gets the features' answer
+    admin.execute("DROP ROLE IF EXISTS copies_columns")
+    admin.execute("CREATE ROLE copies_columns")
+    try:
+        admin.execute("GRANT copies_columns TO app")
+        admin.execute("GRANT SELECT (id, name, feature, phash) ON gallery TO copies_columns")
+        unmatched = copies(conn, query, 5, matched=0)
+        with conn.transaction():
+            conn.execute("SET LOCAL ROLE copies_columns")
+            got = copies(conn, query, 5)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                copies(conn, query, 5, image_column="image")
+        assert [(r[1], round(r[2], 6)) for r in got] == [(r[1], round(r[2], 6)) for r in unmatched]
+    finally:
+        admin.execute("DROP OWNED BY copies_columns")
+        admin.execute("DROP ROLE copies_columns")
+
+
 def test_bad_arguments(conn, gallery):
     dog = photo("dog")
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         copies(conn, dog, 0)
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         copies(conn, dog, 10, candidates=5)
+    for matched in (-1, 101):
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            copies(conn, dog, matched=matched)
     with pytest.raises(psycopg.errors.DatatypeMismatch):
         copies(conn, dog, hash_column="name")
     with pytest.raises(psycopg.errors.UndefinedColumn):

@@ -344,6 +344,20 @@ def copy_query(plpy, GD, image, model_name, quick=False):
                                                        quick=quick)]
 
 
+MAX_MATCHED = 100  # images a call of pgvision._copy_match compares: the work it may ask for
+
+
+@sql_errors
+def copy_match(plpy, GD, image, stored):
+    """pgvision._copy_match: how surely and how much of each stored image the query image
+    shows (matching.strengths), 0 to 1, NULL where a stored image does not decode."""
+    from . import matching
+    if len(stored) > MAX_MATCHED:
+        raise PgvisionError(f"at most {MAX_MATCHED} images can be matched in one call, not {len(stored)}",
+                            INVALID_PARAMETER_VALUE)
+    return matching.strengths(image, stored, _limits(settings(plpy, GD)), check=interrupt_check(plpy, GD))
+
+
 @sql_errors
 def duplicate_groups(plpy, GD, a, b, verdicts, distances):
     """pgvision._duplicate_groups: the groups of find_duplicates' links."""

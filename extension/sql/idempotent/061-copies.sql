@@ -11,6 +11,9 @@
 --           + 0.02 for each bit of hash distance under 18
 --   verdict exact: hash distance 0 and the full view's cosine similarity at least 0.99;
 --           near: hash distance at most 8; copy: score at least 0.9; else similar.
+-- Where the table has its images, the best rows are then checked by keypoint matching
+-- (python_udf/pgvision_runtime/matching.py), which tells a crop or a screenshot of a
+-- picture from the picture's look-alikes: score + 0.5 x match strength (0 to 1).
 
 CREATE OR REPLACE FUNCTION pgvision._copy_query(image bytea, model text)
 RETURNS TABLE (view text, penalty double precision, feature vector, hash bit(64))
@@ -72,9 +75,52 @@ $$;
 COMMENT ON FUNCTION pgvision._hash_column(regclass, name, boolean) IS
 'internal: checks the perceptual hash column pgvision.find_copies reads (bit(64)); NULL when it was not named and the default is not a column';
 
+-- The image column find_copies and find_duplicates read: the named one, which must be
+-- bytea; else the table's bytea column image, if it has one and the caller may read it
+-- (a role granted the other columns alone still gets an answer); else NULL.
+CREATE OR REPLACE FUNCTION pgvision._image_column(tbl regclass, image_column name)
+RETURNS name
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _image name;
+BEGIN
+    IF image_column IS NOT NULL THEN
+        PERFORM pgvision._require_column(tbl, image_column);
+        IF (SELECT a.atttypid FROM pg_catalog.pg_attribute a WHERE a.attrelid = tbl AND a.attname = image_column)
+           <> 'pg_catalog.bytea'::pg_catalog.regtype THEN
+            RAISE EXCEPTION 'column "%" of relation % is not of type bytea', image_column, tbl
+                USING ERRCODE = 'datatype_mismatch';
+        END IF;
+        RETURN image_column;
+    END IF;
+    SELECT a.attname INTO _image FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = tbl AND a.attname = 'image' AND a.atttypid = 'pg_catalog.bytea'::pg_catalog.regtype
+      AND NOT a.attisdropped AND pg_catalog.has_column_privilege(tbl, a.attnum, 'SELECT');
+    RETURN _image;
+END
+$$;
+COMMENT ON FUNCTION pgvision._image_column(regclass, name) IS
+'internal: the image column pgvision.find_copies and pgvision.find_duplicates read: the named one (it must be bytea), else the table''s bytea column image where the caller may read it, else NULL';
+
+-- The check of find_copies' best rows: does the query show a part of the stored image?
+-- (python_udf/pgvision_runtime/matching.py: ORB keypoints under one RANSAC homography).
+CREATE OR REPLACE FUNCTION pgvision._copy_match(image bytea, stored bytea[])
+RETURNS double precision[]
+LANGUAGE plpython3u IMMUTABLE STRICT PARALLEL UNSAFE COST 100000
+SET search_path = pg_catalog, pg_temp
+AS $python$
+@PREAMBLE@
+return pv.copy_match(plpy, GD, image, stored)
+$python$;
+COMMENT ON FUNCTION pgvision._copy_match(bytea, bytea[]) IS
+'internal: for each stored image (at most 100), how surely and how much of it the query image shows, 0 to 1: the share of the stored image spanned by the query''s ORB keypoints that agree on one perspective transform, times their number up to 100 (none below 20); NULL where a stored image is NULL or does not decode within pgvision.max_pixels and max_image_bytes. Images are decoded one at a time, matched on one thread';
+
 CREATE OR REPLACE FUNCTION pgvision.find_copies(
     tbl regclass, image bytea, k int DEFAULT 10, feature_column name DEFAULT 'feature',
-    hash_column name DEFAULT NULL, candidates int DEFAULT 40)
+    hash_column name DEFAULT NULL, candidates int DEFAULT 40, image_column name DEFAULT NULL,
+    matched int DEFAULT 10)
 RETURNS TABLE (rank int, id text, score double precision, verdict text, item jsonb)
 LANGUAGE plpgsql STABLE PARALLEL UNSAFE COST 1000000 ROWS 10
 SET search_path = pg_catalog, pg_temp
@@ -83,6 +129,8 @@ AS $$
 DECLARE
     _vs text := pgvision._vector_schema();
     _hash name;
+    _image name;
+    _match text := '';
     _model text;
     _features text[];
     _penalties double precision[];
@@ -101,8 +149,8 @@ DECLARE
     _verdicts text[];
     _items jsonb[];
 BEGIN
-    IF tbl IS NULL OR k IS NULL OR feature_column IS NULL OR candidates IS NULL THEN
-        RAISE EXCEPTION 'tbl, k, feature_column and candidates must not be null' USING ERRCODE = 'null_value_not_allowed';
+    IF tbl IS NULL OR k IS NULL OR feature_column IS NULL OR candidates IS NULL OR matched IS NULL THEN
+        RAISE EXCEPTION 'tbl, k, feature_column, candidates and matched must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     IF k < 1 OR k > 1000 THEN
         RAISE EXCEPTION 'k must be between 1 and 1000, not %', k USING ERRCODE = 'invalid_parameter_value';
@@ -111,8 +159,13 @@ BEGIN
         RAISE EXCEPTION 'candidates must be between k (%) and 1000, not %', k, candidates
             USING ERRCODE = 'invalid_parameter_value', HINT = 'it is the number of rows each view of the query reads from an index';
     END IF;
+    IF matched < 0 OR matched > 100 THEN
+        RAISE EXCEPTION 'matched must be between 0 and 100, not %', matched
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'it is the number of best rows whose images are matched with the query''s keypoints; 0 matches none';
+    END IF;
     PERFORM pgvision._vector_column(tbl, feature_column);
     _hash := pgvision._hash_column(tbl, coalesce(hash_column, 'phash'), hash_column IS NOT NULL);
+    _image := pgvision._image_column(tbl, image_column);
     IF image IS NULL THEN
         RETURN;
     END IF;
@@ -129,34 +182,51 @@ BEGIN
     -- the same row found by two views: by its key, or where there is none by where it lies
     _same := CASE WHEN _key.columns IS NULL THEN 'ROW(t.tableoid, t.ctid)::pg_catalog.text' ELSE _id END;
 
+    -- The best `matched` rows' images against the query's keypoints (pgvision._copy_match);
+    -- each gains 0.5 x its match strength, so a row the query shows a part of rises above
+    -- look-alikes whose features are as close.
+    IF _image IS NOT NULL THEN
+        _match := pg_catalog.format(
+            ' m AS (SELECT u.st, u.pos FROM pg_catalog.unnest(CASE WHEN $6 OPERATOR(pg_catalog.>) 0 THEN pgvision._copy_match($7,'
+            ' (SELECT pg_catalog.array_agg((SELECT i.%I FROM %s AS i WHERE i.tableoid OPERATOR(pg_catalog.=) b.toid'
+            ' AND i.ctid OPERATOR(pg_catalog.=) b.tid) ORDER BY b.pos) FROM b WHERE b.pos OPERATOR(pg_catalog.<=) $6)) END)'
+            ' WITH ORDINALITY u (st, pos)),', _image, tbl);
+    END IF;
+
     _q := 'WITH v AS (SELECT u.f::' || pg_catalog.quote_ident(_vs) || '.vector AS f, u.p, u.n'
           || ' FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.float8[])) WITH ORDINALITY u (f, p, n)),'
           || ' h AS (SELECT x::pg_catalog.bit(64) AS h FROM pg_catalog.unnest($3::pg_catalog.text[]) x),'
           || ' c AS MATERIALIZED ('
-          || pg_catalog.format('SELECT n.* FROM v CROSS JOIN LATERAL (SELECT %s AS same, %s AS id, %s AS item, t.%I AS f, %s AS h'
+          || pg_catalog.format('SELECT n.* FROM v CROSS JOIN LATERAL (SELECT %s AS same, %s AS id, %s AS item, t.%I AS f, %s AS h, t.tableoid AS toid, t.ctid AS tid'
                                ' FROM %s AS t WHERE t.%I IS NOT NULL ORDER BY t.%I OPERATOR(%I.<=>) v.f LIMIT $4) n',
                                _same, _id, _item, feature_column,
                                CASE WHEN _hash IS NULL THEN 'NULL::pg_catalog.bit(64)' ELSE pg_catalog.format('t.%I', _hash) END,
                                tbl, feature_column, feature_column, _vs)
           || CASE WHEN _hash IS NULL THEN '' ELSE
-                 pg_catalog.format(' UNION ALL SELECT n.* FROM h CROSS JOIN LATERAL (SELECT %s AS same, %s AS id, %s AS item, t.%I AS f, t.%I AS h'
+                 pg_catalog.format(' UNION ALL SELECT n.* FROM h CROSS JOIN LATERAL (SELECT %s AS same, %s AS id, %s AS item, t.%I AS f, t.%I AS h, t.tableoid AS toid, t.ctid AS tid'
                                    ' FROM %s AS t WHERE t.%I IS NOT NULL AND t.%I IS NOT NULL ORDER BY t.%I OPERATOR(%I.<~>) h.h LIMIT $4) n',
                                    _same, _id, _item, feature_column, _hash, tbl, _hash, feature_column, _hash, _vs) END
           || '),'
           || ' s AS (SELECT DISTINCT ON (c.same) c.* FROM c),'
           || pg_catalog.format(
-             ' r AS (SELECT s.id, s.item,'
+             ' r AS (SELECT s.id, s.item, s.toid, s.tid,'
              ' (SELECT pg_catalog.max(1 OPERATOR(pg_catalog.-) (s.f OPERATOR(%1$I.<=>) v.f) OPERATOR(pg_catalog.-) v.p) FROM v) AS fs,'
              ' (SELECT 1 OPERATOR(pg_catalog.-) (s.f OPERATOR(%1$I.<=>) v.f) FROM v WHERE v.n OPERATOR(pg_catalog.=) 1) AS full_sim,'
              ' (SELECT pg_catalog.min(s.h OPERATOR(%1$I.<~>) h.h) FROM h) AS bits FROM s),', _vs)
           -- (OPERATOR() has one precedence for all: the parentheses say what binds first)
           || ' x AS (SELECT r.*, r.fs OPERATOR(pg_catalog.+) (0.02::pg_catalog.float8 OPERATOR(pg_catalog.*)'
-          || ' GREATEST(0::pg_catalog.float8, 18::pg_catalog.float8 OPERATOR(pg_catalog.-) coalesce(r.bits, 18::pg_catalog.float8))) AS score FROM r)'
-          || ' SELECT (pg_catalog.row_number() OVER (ORDER BY x.score DESC))::pg_catalog.int4 AS rank, x.id, x.score,'
-          || ' CASE WHEN x.bits OPERATOR(pg_catalog.=) 0::pg_catalog.float8 AND x.full_sim OPERATOR(pg_catalog.>=) 0.99::pg_catalog.float8 THEN ''exact'''
-          || ' WHEN x.bits OPERATOR(pg_catalog.<=) 8::pg_catalog.float8 THEN ''near'''
-          || ' WHEN x.score OPERATOR(pg_catalog.>=) 0.9::pg_catalog.float8 THEN ''copy'' ELSE ''similar'' END AS verdict, x.item'
-          || ' FROM x ORDER BY x.score DESC LIMIT $5';
+          || ' GREATEST(0::pg_catalog.float8, 18::pg_catalog.float8 OPERATOR(pg_catalog.-) coalesce(r.bits, 18::pg_catalog.float8))) AS score FROM r),'
+          || ' b AS (SELECT x.*, pg_catalog.row_number() OVER (ORDER BY x.score DESC) AS pos FROM x'
+          || ' ORDER BY x.score DESC LIMIT GREATEST($5, $6)),'
+          || _match
+          || ' y AS (SELECT b.*, b.score' || CASE WHEN _match = '' THEN '' ELSE
+                 ' OPERATOR(pg_catalog.+) (0.5::pg_catalog.float8 OPERATOR(pg_catalog.*) coalesce(m.st, 0::pg_catalog.float8))' END
+          || ' AS fused FROM b' || CASE WHEN _match = '' THEN '' ELSE ' LEFT JOIN m ON m.pos OPERATOR(pg_catalog.=) b.pos' END || ')'
+          || ' SELECT (pg_catalog.row_number() OVER (ORDER BY y.fused DESC, y.pos))::pg_catalog.int4 AS rank, y.id, y.fused AS score,'
+          || ' CASE WHEN y.bits OPERATOR(pg_catalog.=) 0::pg_catalog.float8 AND y.full_sim OPERATOR(pg_catalog.>=) 0.99::pg_catalog.float8 THEN ''exact'''
+          || ' WHEN y.bits OPERATOR(pg_catalog.<=) 8::pg_catalog.float8 THEN ''near'''
+          || ' WHEN y.fused OPERATOR(pg_catalog.>=) 0.9::pg_catalog.float8 THEN ''copy'' ELSE ''similar'' END AS verdict, y.item'
+          || ' FROM y ORDER BY y.fused DESC, y.pos LIMIT $5';
 
     -- With a hash column, first the full view and the hashes: when their best row is an exact
     -- or near copy, that is the answer (every view could differ only where another row
@@ -174,7 +244,7 @@ BEGIN
                 || ' pg_catalog.array_agg(f.score ORDER BY f.rank), pg_catalog.array_agg(f.verdict ORDER BY f.rank),'
                 || ' pg_catalog.array_agg(f.item ORDER BY f.rank) FROM (' || _q || ') f'
             INTO _ranks, _ids, _scores, _verdicts, _items
-            USING _features, _penalties, _hashes, candidates, k;
+            USING _features, _penalties, _hashes, candidates, k, CASE WHEN _quick THEN 0 ELSE matched END, image;
         EXIT WHEN NOT _quick;
         _quick := coalesce(_verdicts[1] IN ('exact', 'near'), false);
         RAISE DEBUG 'find_copies: the full view and the hashes found % at rank 1%', coalesce(_verdicts[1], 'nothing'),
@@ -188,5 +258,5 @@ BEGIN
     END IF;
 END
 $$;
-COMMENT ON FUNCTION pgvision.find_copies(regclass, bytea, int, name, name, int) IS
-'the rows whose image the query image is an edited copy of (re-encoded, resized, cropped, mirrored, turned, grey, recoloured, blurred, framed, captioned, in a screenshot), best first: score is the best cosine similarity of a view of the query (as it is, turned back a quarter, a half or three quarters, without its border, its textured region, its centre, its centre tilted back 10 degrees either way), less the view''s penalty, plus 0.02 per bit of perceptual hash distance under 18 where the table has a hash column (hash_column, default phash if there is one: bit(64), e.g. GENERATED ALWAYS AS (pgvision.phash(image)) STORED, with an hnsw bit_hamming_ops index); verdict: exact (hash distance 0, full view similarity at least 0.99), near (hash distance at most 8), copy (score at least 0.9), else similar. Each of the 9 views and 5 hashes reads candidates rows through its index; the query image is embedded once per view with the column''s model. With a hash column the full view and the hashes are looked with first, and when their best row is exact or near that is the answer, without the other views. id and item as in pgvision.search';
+COMMENT ON FUNCTION pgvision.find_copies(regclass, bytea, int, name, name, int, name, int) IS
+'the rows whose image the query image is an edited copy of (re-encoded, resized, cropped, mirrored, turned, grey, recoloured, blurred, framed, captioned, in a screenshot), best first: score is the best cosine similarity of a view of the query (as it is, turned back a quarter, a half or three quarters, without its border, its textured region, its centre, its centre tilted back 10 degrees either way), less the view''s penalty, plus 0.02 per bit of perceptual hash distance under 18 where the table has a hash column (hash_column, default phash if there is one: bit(64), e.g. GENERATED ALWAYS AS (pgvision.phash(image)) STORED, with an hnsw bit_hamming_ops index); verdict: exact (hash distance 0, full view similarity at least 0.99), near (hash distance at most 8), copy (score at least 0.9), else similar. Each of the 9 views and 5 hashes reads candidates rows through its index; the query image is embedded once per view with the column''s model. With a hash column the full view and the hashes are looked with first, and when their best row is exact or near that is the answer, without the other views. Otherwise, where the table has its images (image_column, default image if it is bytea), the images of the best matched rows (default 10, at most 100, 0 for none) are matched with the query''s keypoints, and each gains 0.5 x its match strength (0 to 1: the share of the stored image spanned by keypoints that agree on one perspective transform, times their number up to 100): a crop, a screenshot or a tilted copy then ranks its original above look-alikes. id and item as in pgvision.search';

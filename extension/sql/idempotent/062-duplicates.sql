@@ -82,19 +82,7 @@ BEGIN
     END IF;
     PERFORM pgvision._vector_column(tbl, feature_column);
     _hash := pgvision._hash_column(tbl, coalesce(hash_column, 'phash'), hash_column IS NOT NULL);
-    IF image_column IS NOT NULL THEN
-        PERFORM pgvision._require_column(tbl, image_column);
-        IF (SELECT a.atttypid FROM pg_catalog.pg_attribute a WHERE a.attrelid = tbl AND a.attname = image_column)
-           <> 'pg_catalog.bytea'::pg_catalog.regtype THEN
-            RAISE EXCEPTION 'column "%" of relation % is not of type bytea', image_column, tbl
-                USING ERRCODE = 'datatype_mismatch';
-        END IF;
-        _image := image_column;
-    ELSE
-        SELECT a.attname INTO _image FROM pg_catalog.pg_attribute a
-        WHERE a.attrelid = tbl AND a.attname = 'image' AND a.atttypid = 'pg_catalog.bytea'::pg_catalog.regtype
-          AND NOT a.attisdropped;
-    END IF;
+    _image := pgvision._image_column(tbl, image_column);
     _key := pgvision._row_key(tbl);
     IF _key.columns IS NULL THEN
         RAISE EXCEPTION 'relation % has no primary key', tbl

@@ -1,0 +1,140 @@
+"""Whether a query image shows a part of a stored one: find_copies' check of its best rows.
+
+A feature of the whole image cannot tell a crop of a picture from the picture's other
+tiles, nor a picture inside a screenshot from a picture like it: both are close in feature
+space. Keypoints can: the query's ORB keypoints are matched to the stored image's, and a
+RANSAC homography keeps the matches that agree on one perspective transform (a crop, a
+rescale, a turn, a tilt, a picture pasted into a screen). The strength of a match is the
+share of the stored image that the agreeing keypoints span, times how many agree (full at
+FULL_MATCHES): the original of a crop is the image the crop covers most of, which sets it
+above the larger picture the crop also lies in, and above the crop's look-alikes, whose
+matches do not agree on one geometry.
+
+Images are matched grey, at most SIDE pixels, their histogram equalised (smooth wallpapers
+and gradients give ORB few corners at their own contrast). The query is matched as it is
+and, where it has one, as its textured region (copies.content: a picture inside a
+screenshot is small on the screen). The thresholds were chosen on bench/mixed.py's
+collection (47 originals, 7 edits, each with the original's sibling tiles, the wallpaper
+whole and 5 other originals as candidates: the original had the strongest match for 0.81
+to 1.00 of the queries of an edit); find_copies measured with them: BENCHMARKS.md, section 8.
+"""
+
+import numpy as np
+from PIL import Image
+
+from . import copies, images
+from .errors import PgvisionError
+
+SIDE = 512            # images are matched at most this large
+KEYPOINTS = 1500      # ORB keypoints an image
+FAST_THRESHOLD = 5    # ORB's corner contrast (its default, 20, finds none in a smooth wallpaper)
+RATIO = 0.8           # a match counts when clearly nearer than the second nearest
+REPROJECTION = 5.0    # pixels: RANSAC's inlier distance
+MIN_MATCHES = 20      # fewer agreeing matches are chance
+FULL_MATCHES = 100    # this many or more: full confidence
+
+_tools = None
+
+
+def _cv():
+    """OpenCV, its ORB detector and matcher, made once a process; one thread, so that a query
+    costs the server one core, as the model does for a statement."""
+    global _tools
+    if _tools is None:
+        import cv2
+
+        cv2.setNumThreads(1)
+        _tools = (cv2, cv2.ORB_create(nfeatures=KEYPOINTS, fastThreshold=FAST_THRESHOLD),
+                  cv2.BFMatcher(cv2.NORM_HAMMING))
+    return _tools
+
+
+def _keypoints(img):
+    """(points as an n x 2 float32 array, descriptors, (height, width)) of a decoded image."""
+    cv2, orb, _ = _cv()
+    grey = img.convert("L")
+    if max(grey.size) > SIDE:
+        grey = grey.copy()
+        grey.thumbnail((SIDE, SIDE), Image.Resampling.BILINEAR)
+    pixels = cv2.equalizeHist(np.ascontiguousarray(np.asarray(grey, dtype=np.uint8)))
+    found, descriptors = orb.detectAndCompute(pixels, None)
+    points = np.float32([k.pt for k in found]).reshape(-1, 2)
+    return points, descriptors, pixels.shape
+
+
+def _hull_area(points):
+    """Area of the convex hull of 2-d points (Andrew's monotone chain)."""
+    p = sorted(set(map(tuple, np.asarray(points, dtype=np.float64).tolist())))
+    if len(p) < 3:
+        return 0.0
+
+    def half(pts):
+        h = []
+        for q in pts:
+            while len(h) >= 2 and ((h[-1][0] - h[-2][0]) * (q[1] - h[-2][1])
+                                   - (h[-1][1] - h[-2][1]) * (q[0] - h[-2][0])) <= 0:
+                h.pop()
+            h.append(q)
+        return h
+
+    hull = np.array(half(p)[:-1] + half(p[::-1])[:-1])
+    x, y = hull[:, 0], hull[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+def strength(query, stored):
+    """0 to 1: how surely and how much of ``stored`` the query shows (both _keypoints)."""
+    cv2, _, matcher = _cv()
+    (qp, qd, _), (sp, sd, (h, w)) = query, stored
+    if qd is None or sd is None or len(qp) < MIN_MATCHES or len(sp) < MIN_MATCHES:
+        return 0.0
+    good = [m[0] for m in matcher.knnMatch(qd, sd, k=2)
+            if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
+    if len(good) < MIN_MATCHES:
+        return 0.0
+    src = qp[[m.queryIdx for m in good]]
+    dst = sp[[m.trainIdx for m in good]]
+    homography, inliers = cv2.findHomography(src, dst, cv2.RANSAC, REPROJECTION)
+    if homography is None:
+        return 0.0
+    agree = inliers.ravel().astype(bool)
+    if agree.sum() < MIN_MATCHES:
+        return 0.0
+    cover = min(1.0, _hull_area(dst[agree]) / float(w * h))
+    return float(cover * min(1.0, agree.sum() / FULL_MATCHES))
+
+
+def query_keypoints(data, limits, check=None):
+    """The keypoints a query is matched with: of the image as it is and of its textured
+    region, where it has one."""
+    img = images.decode(data, grey=True, check=check, reduce_to=copies.WORK_SIDE, **limits)
+    work = img
+    if max(img.size) > copies.WORK_SIDE:
+        work = img.copy()
+        work.thumbnail((copies.WORK_SIDE, copies.WORK_SIDE), Image.Resampling.BICUBIC)
+    regions = [work]
+    region = copies.content(work)
+    if region is not None:
+        regions.append(region)
+    return [_keypoints(r) for r in regions]
+
+
+def strengths(data, stored, limits, check=None):
+    """[strength or None] of a query image against each of ``stored`` (image bytes or None):
+    the best of the query's regions; None where a stored image is missing or does not
+    decode within the limits (the others are still matched)."""
+    query = query_keypoints(data, limits, check)
+    out = []
+    for s in stored:
+        if check is not None:
+            check()
+        if s is None:
+            out.append(None)
+            continue
+        try:
+            keys = _keypoints(images.decode(s, grey=True, reduce_to=SIDE, **limits))
+        except PgvisionError:
+            out.append(None)
+            continue
+        out.append(max(strength(q, keys) for q in query))
+    return out
