@@ -31,9 +31,9 @@ def test_a_crop_covers_its_original_more_than_the_picture_around_it():
     query = jpeg(part("horses", (0.05, 0.15, 0.4, 0.85)), 60)
     s_left, s_whole, s_right = matching.strengths(
         query, [jpeg(left), jpeg(whole), jpeg(part("horses", (0.5, 0, 1, 1)))], LIMITS)
-    # the query is 70 % x 70 % of the left half: about half of it, and a quarter of the whole
+    # the query is 70 % x 70 % of the left half: about half of it, a quarter of the whole
     assert 0.25 < s_left <= 0.75, (s_left, s_whole)
-    assert 0.05 < s_whole < s_left
+    assert 0.05 < s_whole < 0.6 * s_left
     assert s_right < 0.05
 
 
@@ -42,6 +42,7 @@ def test_a_turned_copy_matches(turn):
     img = Image.open(io.BytesIO(photo("dog"))).convert("RGB")
     query = jpeg(img.rotate(turn, Image.Resampling.BICUBIC, expand=True))
     s_dog, s_other = matching.strengths(query, [photo("dog"), photo("eagle")], LIMITS)
+    # the turned frame's corners are keypoints of the query alone
     assert s_dog > 0.5 and s_other < 0.05, (s_dog, s_other)
 
 
@@ -53,13 +54,14 @@ def test_a_picture_inside_a_screenshot_matches():
     query = io.BytesIO()
     screen.save(query, "PNG")
     s_eagle, s_dog = matching.strengths(query.getvalue(), [photo("eagle"), photo("dog")], LIMITS)
-    assert s_eagle > 0.3 and s_dog < 0.05, (s_eagle, s_dog)
+    assert s_eagle > 0.5 and s_dog < 0.05, (s_eagle, s_dog)
 
 
 def test_flat_images_and_bad_stored_images_give_no_match():
     flat = jpeg(Image.new("RGB", (400, 300), (120, 130, 140)))
     got = matching.strengths(photo("dog"), [flat, None, b"not an image", photo("dog")], LIMITS)
-    assert got[0] == 0.0 and got[1] is None and got[2] is None and got[3] > 0.8
+    # matched with itself, an image spans all of its own keypoints
+    assert got[0] == 0.0 and got[1] is None and got[2] is None and got[3] > 0.95
     assert matching.strengths(flat, [photo("dog")], LIMITS) == [0.0]
 
 
@@ -74,4 +76,4 @@ def test_one_call_matches_at_most_100_images(conn):
                      [photo("dog"), photo("dog")])
     got = conn.execute("SELECT pgvision._copy_match(%s, ARRAY[%s, NULL]::bytea[])",
                        [photo("dog"), photo("dog")]).fetchone()[0]
-    assert got[0] > 0.8 and got[1] is None
+    assert got[0] > 0.95 and got[1] is None

@@ -5,10 +5,11 @@ tiles, nor a picture inside a screenshot from a picture like it: both are close 
 space. Keypoints can: the query's ORB keypoints are matched to the stored image's, and a
 RANSAC homography keeps the matches that agree on one perspective transform (a crop, a
 rescale, a turn, a tilt, a picture pasted into a screen). The strength of a match is the
-share of the stored image that the agreeing keypoints span, times how many agree (full at
-FULL_MATCHES): the original of a crop is the image the crop covers most of, which sets it
-above the larger picture the crop also lies in, and above the crop's look-alikes, whose
-matches do not agree on one geometry.
+share of the stored image's keypoints' extent (their convex hull: an image matched with
+itself spans all of it) that the agreeing keypoints span, times the share of the query's
+they span, times how many agree (full at FULL_MATCHES): the original of a crop contains all
+of the crop, and the crop covers more of it than of the larger picture it also lies in; the
+crop's look-alikes have matches that do not agree on one geometry.
 
 Images are matched grey, at most SIDE pixels, their histogram equalised (smooth wallpapers
 and gradients give ORB few corners at their own contrast). The query is matched as it is
@@ -26,12 +27,12 @@ from . import copies, images
 from .errors import PgvisionError
 
 SIDE = 512            # images are matched at most this large
-KEYPOINTS = 1500      # ORB keypoints an image
+KEYPOINTS = 500       # ORB keypoints an image (1,500 found no more originals, at 3 times the cost)
 FAST_THRESHOLD = 5    # ORB's corner contrast (its default, 20, finds none in a smooth wallpaper)
 RATIO = 0.8           # a match counts when clearly nearer than the second nearest
 REPROJECTION = 5.0    # pixels: RANSAC's inlier distance
-MIN_MATCHES = 20      # fewer agreeing matches are chance
-FULL_MATCHES = 100    # this many or more: full confidence
+MIN_MATCHES = 12      # fewer agreeing matches are chance
+FULL_MATCHES = 40     # this many or more: full confidence
 
 _tools = None
 
@@ -50,7 +51,8 @@ def _cv():
 
 
 def _keypoints(img):
-    """(points as an n x 2 float32 array, descriptors, (height, width)) of a decoded image."""
+    """(points as an n x 2 float32 array, descriptors, the area their convex hull spans) of a
+    decoded image."""
     cv2, orb, _ = _cv()
     grey = img.convert("L")
     if max(grey.size) > SIDE:
@@ -59,7 +61,7 @@ def _keypoints(img):
     pixels = cv2.equalizeHist(np.ascontiguousarray(np.asarray(grey, dtype=np.uint8)))
     found, descriptors = orb.detectAndCompute(pixels, None)
     points = np.float32([k.pt for k in found]).reshape(-1, 2)
-    return points, descriptors, pixels.shape
+    return points, descriptors, _hull_area(points)
 
 
 def _hull_area(points):
@@ -85,7 +87,7 @@ def _hull_area(points):
 def strength(query, stored):
     """0 to 1: how surely and how much of ``stored`` the query shows (both _keypoints)."""
     cv2, _, matcher = _cv()
-    (qp, qd, _), (sp, sd, (h, w)) = query, stored
+    (qp, qd, _), (sp, sd, spanned) = query, stored
     if qd is None or sd is None or len(qp) < MIN_MATCHES or len(sp) < MIN_MATCHES:
         return 0.0
     good = [m[0] for m in matcher.knnMatch(qd, sd, k=2)
@@ -100,7 +102,10 @@ def strength(query, stored):
     agree = inliers.ravel().astype(bool)
     if agree.sum() < MIN_MATCHES:
         return 0.0
-    cover = min(1.0, _hull_area(dst[agree]) / float(w * h))
+    # both ways: a crop of a picture spans little of the picture around it, and a part of
+    # a picture that a larger crop overlaps spans only some of the crop
+    cover = (min(1.0, _hull_area(dst[agree]) / max(spanned, 1.0))
+             * min(1.0, _hull_area(src[agree]) / max(query[2], 1.0)))
     return float(cover * min(1.0, agree.sum() / FULL_MATCHES))
 
 

@@ -115,7 +115,7 @@ AS $python$
 return pv.copy_match(plpy, GD, image, stored)
 $python$;
 COMMENT ON FUNCTION pgvision._copy_match(bytea, bytea[]) IS
-'internal: for each stored image (at most 100), how surely and how much of it the query image shows, 0 to 1: the share of the stored image spanned by the query''s ORB keypoints that agree on one perspective transform, times their number up to 100 (none below 20); NULL where a stored image is NULL or does not decode within pgvision.max_pixels and max_image_bytes. Images are decoded one at a time, matched on one thread';
+'internal: for each stored image (at most 100), how surely and how much of it the query image shows, 0 to 1: the shares of the stored image''s and of the query''s ORB keypoints spanned by those that agree on one perspective transform, multiplied, times their number up to 40 (none below 12); NULL where a stored image is NULL or does not decode within pgvision.max_pixels and max_image_bytes. Images are decoded one at a time, matched on one thread';
 
 CREATE OR REPLACE FUNCTION pgvision.find_copies(
     tbl regclass, image bytea, k int DEFAULT 10, feature_column name DEFAULT 'feature',
@@ -131,6 +131,7 @@ DECLARE
     _hash name;
     _image name;
     _match text := '';
+    _where text;
     _model text;
     _features text[];
     _penalties double precision[];
@@ -193,17 +194,21 @@ BEGIN
             ' WITH ORDINALITY u (st, pos)),', _image, tbl);
     END IF;
 
+    -- where a row lies, to fetch its image: only then, since a role granted some columns
+    -- alone may not read ctid
+    _where := CASE WHEN _image IS NULL THEN 'NULL::pg_catalog.oid AS toid, NULL::pg_catalog.tid AS tid'
+                   ELSE 't.tableoid AS toid, t.ctid AS tid' END;
     _q := 'WITH v AS (SELECT u.f::' || pg_catalog.quote_ident(_vs) || '.vector AS f, u.p, u.n'
           || ' FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.float8[])) WITH ORDINALITY u (f, p, n)),'
           || ' h AS (SELECT x::pg_catalog.bit(64) AS h FROM pg_catalog.unnest($3::pg_catalog.text[]) x),'
           || ' c AS MATERIALIZED ('
-          || pg_catalog.format('SELECT n.* FROM v CROSS JOIN LATERAL (SELECT %s AS same, %s AS id, %s AS item, t.%I AS f, %s AS h, t.tableoid AS toid, t.ctid AS tid'
+          || pg_catalog.format('SELECT n.* FROM v CROSS JOIN LATERAL (SELECT %s AS same, %s AS id, %s AS item, t.%I AS f, %s AS h, ' || _where || ''
                                ' FROM %s AS t WHERE t.%I IS NOT NULL ORDER BY t.%I OPERATOR(%I.<=>) v.f LIMIT $4) n',
                                _same, _id, _item, feature_column,
                                CASE WHEN _hash IS NULL THEN 'NULL::pg_catalog.bit(64)' ELSE pg_catalog.format('t.%I', _hash) END,
                                tbl, feature_column, feature_column, _vs)
           || CASE WHEN _hash IS NULL THEN '' ELSE
-                 pg_catalog.format(' UNION ALL SELECT n.* FROM h CROSS JOIN LATERAL (SELECT %s AS same, %s AS id, %s AS item, t.%I AS f, t.%I AS h, t.tableoid AS toid, t.ctid AS tid'
+                 pg_catalog.format(' UNION ALL SELECT n.* FROM h CROSS JOIN LATERAL (SELECT %s AS same, %s AS id, %s AS item, t.%I AS f, t.%I AS h, ' || _where || ''
                                    ' FROM %s AS t WHERE t.%I IS NOT NULL AND t.%I IS NOT NULL ORDER BY t.%I OPERATOR(%I.<~>) h.h LIMIT $4) n',
                                    _same, _id, _item, feature_column, _hash, tbl, _hash, feature_column, _hash, _vs) END
           || '),'
@@ -259,4 +264,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision.find_copies(regclass, bytea, int, name, name, int, name, int) IS
-'the rows whose image the query image is an edited copy of (re-encoded, resized, cropped, mirrored, turned, grey, recoloured, blurred, framed, captioned, in a screenshot), best first: score is the best cosine similarity of a view of the query (as it is, turned back a quarter, a half or three quarters, without its border, its textured region, its centre, its centre tilted back 10 degrees either way), less the view''s penalty, plus 0.02 per bit of perceptual hash distance under 18 where the table has a hash column (hash_column, default phash if there is one: bit(64), e.g. GENERATED ALWAYS AS (pgvision.phash(image)) STORED, with an hnsw bit_hamming_ops index); verdict: exact (hash distance 0, full view similarity at least 0.99), near (hash distance at most 8), copy (score at least 0.9), else similar. Each of the 9 views and 5 hashes reads candidates rows through its index; the query image is embedded once per view with the column''s model. With a hash column the full view and the hashes are looked with first, and when their best row is exact or near that is the answer, without the other views. Otherwise, where the table has its images (image_column, default image if it is bytea), the images of the best matched rows (default 10, at most 100, 0 for none) are matched with the query''s keypoints, and each gains 0.5 x its match strength (0 to 1: the share of the stored image spanned by keypoints that agree on one perspective transform, times their number up to 100): a crop, a screenshot or a tilted copy then ranks its original above look-alikes. id and item as in pgvision.search';
+'the rows whose image the query image is an edited copy of (re-encoded, resized, cropped, mirrored, turned, grey, recoloured, blurred, framed, captioned, in a screenshot), best first: score is the best cosine similarity of a view of the query (as it is, turned back a quarter, a half or three quarters, without its border, its textured region, its centre, its centre tilted back 10 degrees either way), less the view''s penalty, plus 0.02 per bit of perceptual hash distance under 18 where the table has a hash column (hash_column, default phash if there is one: bit(64), e.g. GENERATED ALWAYS AS (pgvision.phash(image)) STORED, with an hnsw bit_hamming_ops index); verdict: exact (hash distance 0, full view similarity at least 0.99), near (hash distance at most 8), copy (score at least 0.9), else similar. Each of the 9 views and 5 hashes reads candidates rows through its index; the query image is embedded once per view with the column''s model. With a hash column the full view and the hashes are looked with first, and when their best row is exact or near that is the answer, without the other views. Otherwise, where the table has its images (image_column, default image if it is bytea), the images of the best matched rows (default 10, at most 100, 0 for none) are matched with the query''s keypoints, and each gains 0.5 x its match strength (0 to 1: the shares of the stored image''s and of the query''s keypoints spanned by those that agree on one perspective transform, multiplied, times their number up to 40, none below 12): a crop, a screenshot or a tilted copy then ranks its original above look-alikes. id and item as in pgvision.search';
