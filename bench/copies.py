@@ -464,7 +464,12 @@ def report(r):
         "through the model, 6 index scans) and stops there when its best row is `exact` or `near` "
         "(the rank-1 verdicts below: re-encoded, mirrored, grey, recoloured, blurred, downscaled "
         "and turned copies, nearly always), so its p50 is about such a copy's cost and its p95 "
-        "that of a query needing every view (which also pays the first look).",
+        "that of a query needing every view (which also pays the first look). The table holds its "
+        "images, so an every-view answer is then checked by keypoint matching "
+        "(python_udf/pgvision_runtime/matching.py): the images of its 10 best rows are decoded "
+        "and matched with the query's ORB keypoints (as it is and its textured region), and each "
+        "row gains 0.5 x its match strength; that costs about 20-35 ms a row on one core here "
+        "(a decode, 500 keypoints, a brute-force match and a RANSAC homography).",
         "",
         "| edit | " + " | ".join(f"{m} @1 | @10" for m in ms) + " | find_copies rank-1 verdicts |",
         "|---|" + "---:|---:|" * len(ms) + "---|",

@@ -5,8 +5,9 @@ An edited copy is searched for as several views, each embedded with the column's
 - ``full``: the image as it is;
 - ``rot90``, ``rot180``, ``rot270``: turned back a quarter, a half, three quarters;
 - ``trim``: without a uniform border (a frame, letterboxing, the white around a scan);
-- ``content``: the largest textured region, for a picture inside a screenshot or a page:
-  interface elements are flat colour, a photo is not;
+- ``content``: the picture inside a screenshot or a page: what is left when the flat colours
+  that reach the image's edge (window and page backgrounds, bars, panels) are taken away,
+  else the largest textured region;
 - ``inner``: the central 70% of the trimmed image, for a slight perspective whose corners
   are fill, and for captions and stickers near the edges;
 - ``tilt+10``, ``tilt-10``: turned back 10 degrees either way, its centre, for a copy
@@ -36,6 +37,9 @@ TILT = 10  # degrees
 BORDER_DIFFERENCE = 24  # a border pixel differs from the corner by at most this (0-255)
 BLOCK = 8               # content: textured blocks of BLOCK x BLOCK pixels
 TEXTURED = 0.2          # a block is textured when this share of its pixels differ from a neighbour
+BACKDROPS = 8           # content: the edge's most common colours that may be a screen's backdrop
+BACKDROP = 0.02         # content: a backdrop colour covers at least this share of the edge
+FLAT = 6                # content: a backdrop's pixels differ from its colour by at most this (0-255)
 _TURNS = {"rot90": Image.Transpose.ROTATE_90, "rot180": Image.Transpose.ROTATE_180,
           "rot270": Image.Transpose.ROTATE_270}
 _HASH_TURNS = [None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.ROTATE_90,
@@ -129,13 +133,49 @@ def _largest_region(mask):
     return cells, (top, left, bottom, right)
 
 
-def content(img):
-    """The bounding box of the largest textured region, cut out; None when it is (nearly)
-    the whole image or too small to be a picture."""
-    g = np.asarray(img.convert("L"), dtype=np.int16)
-    h, w = g.shape
-    if h < 4 * BLOCK or w < 4 * BLOCK:
+def _cv2():
+    """OpenCV, imported once a process, on one thread: a query costs the server one core."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    return cv2
+
+
+def _interface(img):
+    """The bounding box (left, top, right, bottom) of the largest region left when the flat
+    colours around it are taken away: each colour common on the image's edge (a share
+    BACKDROP of it, within FLAT levels), where it reaches the edge. A screenshot's window
+    and page backgrounds, bars and panels reach the edge; the picture on them does not,
+    however flat its own colours are. None when that leaves (nearly) the whole image."""
+    cv2 = _cv2()
+    a = np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    edge = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    coarse = edge.astype(np.int32) // 8  # JPEG noise moves a flat colour by a few levels
+    keys = coarse[:, 0] * 1024 + coarse[:, 1] * 32 + coarse[:, 2]
+    found, counts = np.unique(keys, return_counts=True)
+    backdrop = np.zeros(a.shape[:2], dtype=bool)
+    for key in found[np.argsort(-counts, kind="stable")][:BACKDROPS]:
+        if counts[found == key][0] < BACKDROP * len(edge):
+            break
+        colour = np.median(edge[keys == key], axis=0).astype(np.int16)
+        near = cv2.inRange(a, np.clip(colour - FLAT, 0, 255).astype(np.uint8),
+                           np.clip(colour + FLAT, 0, 255).astype(np.uint8))
+        _, labels = cv2.connectedComponents(near, connectivity=4)
+        reached = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        backdrop |= np.isin(labels, reached[reached != 0])
+    if not backdrop.any():
         return None
+    n, _, stats, _ = cv2.connectedComponentsWithStats((~backdrop).astype(np.uint8), connectivity=8)
+    if n < 2:
+        return None
+    x, y, w, h = (int(v) for v in stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])), :4])
+    return x, y, x + w, y + h
+
+
+def _textured(img):
+    """The bounding box of the largest textured region: a picture on a busy backdrop (a
+    desktop wallpaper), where no flat colour surrounds it."""
+    g = np.asarray(img.convert("L"), dtype=np.int16)
     textured = (np.diff(g, axis=1)[:-1, :] != 0) | (np.diff(g, axis=0)[:, :-1] != 0)
     rows, cols = textured.shape[0] // BLOCK, textured.shape[1] // BLOCK
     blocks = textured[:rows * BLOCK, :cols * BLOCK].reshape(rows, BLOCK, cols, BLOCK).mean((1, 3))
@@ -143,10 +183,24 @@ def content(img):
     if box is None or cells < 16:
         return None
     top, left, bottom, right = box
-    crop = (left * BLOCK, top * BLOCK, (right + 1) * BLOCK, (bottom + 1) * BLOCK)
-    if (crop[2] - crop[0]) * (crop[3] - crop[1]) > 0.9 * w * h:
+    return left * BLOCK, top * BLOCK, (right + 1) * BLOCK, (bottom + 1) * BLOCK
+
+
+def content(img):
+    """The picture inside a screenshot or a page, cut out: the region the flat colours
+    around it leave (_interface), else the largest textured region; None when it is (nearly)
+    the whole image or too small to be a picture."""
+    w, h = img.size
+    if h < 4 * BLOCK or w < 4 * BLOCK:
         return None
-    return img.crop(crop)
+    for find in (_interface, _textured):
+        box = find(img)
+        if box is None or min(box[2] - box[0], box[3] - box[1]) < 4 * BLOCK:
+            continue
+        if (box[2] - box[0]) * (box[3] - box[1]) > 0.9 * w * h:
+            continue
+        return img.crop(box)
+    return None
 
 
 def inner(img):

@@ -11,13 +11,16 @@ they span, times how many agree (full at FULL_MATCHES): the original of a crop c
 of the crop, and the crop covers more of it than of the larger picture it also lies in; the
 crop's look-alikes have matches that do not agree on one geometry.
 
-Images are matched grey, at most SIDE pixels, their histogram equalised (smooth wallpapers
-and gradients give ORB few corners at their own contrast). The query is matched as it is
-and, where it has one, as its textured region (copies.content: a picture inside a
-screenshot is small on the screen). The thresholds were chosen on bench/mixed.py's
-collection (47 originals, 7 edits, each with the original's sibling tiles, the wallpaper
-whole and 5 other originals as candidates: the original had the strongest match for 0.81
-to 1.00 of the queries of an edit); find_copies measured with them: BENCHMARKS.md, section 8.
+Images are decoded by images.decode (Pillow, within the server's limits), so OpenCV's own
+decoders never read stored or query bytes: it is given pixels. They are matched grey, at
+most SIDE pixels, their histogram equalised (smooth wallpapers and gradients give ORB few
+corners at their own contrast). The query is matched as it is and, where it has one, as
+its textured region (copies.content: a picture inside a screenshot is small on the
+screen). The settings were chosen on bench/mixed.py's collection (40 to 47 originals, 4 to
+7 edits, each query against the original, its sibling tiles, the wallpaper whole and 5
+other originals: the original had the strongest match for 0.73 to 0.98 of the queries of
+an edit, and nothing matched for half or more of the rest); find_copies measured with them:
+BENCHMARKS.md, section 8.
 """
 
 import numpy as np
@@ -38,13 +41,10 @@ _tools = None
 
 
 def _cv():
-    """OpenCV, its ORB detector and matcher, made once a process; one thread, so that a query
-    costs the server one core, as the model does for a statement."""
+    """OpenCV (on one thread: copies._cv2), its ORB detector and matcher, made once a process."""
     global _tools
     if _tools is None:
-        import cv2
-
-        cv2.setNumThreads(1)
+        cv2 = copies._cv2()
         _tools = (cv2, cv2.ORB_create(nfeatures=KEYPOINTS, fastThreshold=FAST_THRESHOLD),
                   cv2.BFMatcher(cv2.NORM_HAMMING))
     return _tools

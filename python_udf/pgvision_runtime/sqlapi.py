@@ -676,6 +676,17 @@ def pipeline_run(plpy, GD, name, image):
     return json.dumps(result)
 
 
+def _opencv_version():
+    """OpenCV's version as its package records it: importing cv2 itself (find_copies' keypoint
+    matching) takes longer than the rest of runtime_info."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("opencv-python-headless")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def runtime_info(runtime_dir, plpy=None, GD=None):
     """Versions, and with plpy the settings as this backend applies them (each cut to its
     superuser ceiling)."""
@@ -689,7 +700,7 @@ def runtime_info(runtime_dir, plpy=None, GD=None):
     info = {
         "runtime": __version__, "runtime_path": runtime_dir, "python": sys.version.split()[0],
         "numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__,
-        "pillow": PIL.__version__, "providers": onnxruntime.get_available_providers()}
+        "pillow": PIL.__version__, "opencv": _opencv_version(), "providers": onnxruntime.get_available_providers()}
     if plpy is not None:
         try:
             conf = settings(plpy, GD)
