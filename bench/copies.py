@@ -454,7 +454,7 @@ def report(r):
         f"What a query costs: {len(views)} views of the query image ("
         + ", ".join(f"`{v}`" for v in views)
         + ": as it is, turned back a quarter, a half and three quarters, without its border, its "
-        "textured region, its centre" + (", its centre turned back 10 degrees either way" if any(
+        "picture inside a screenshot, its centre" + (", its centre turned back 10 degrees either way" if any(
             v.startswith("tilt") for v in views) else "")
         + "; `trim` and `content` only where the image has them) embedded in one model call, "
         f"{r.get('hash_views', 5)} hashes (as it is, mirrored, turned three ways), so up to "
@@ -467,9 +467,10 @@ def report(r):
         "that of a query needing every view (which also pays the first look). The table holds its "
         "images, so an every-view answer is then checked by keypoint matching "
         "(python_udf/pgvision_runtime/matching.py): the images of its 10 best rows are decoded "
-        "and matched with the query's ORB keypoints (as it is and its textured region), and each "
+        "and matched with the query's ORB keypoints and pixels (as it is and the picture inside it), and each "
         "row gains 0.5 x its match strength; that costs about 20-35 ms a row on one core here "
-        "(a decode, 500 keypoints, a brute-force match and a RANSAC homography).",
+        "(a decode, 500 keypoints, a brute-force match and a RANSAC homography, and 11 template "
+        "matches of the query at 128 px, 3-5 ms of it).",
         "",
         "| edit | " + " | ".join(f"{m} @1 | @10" for m in ms) + " | find_copies rank-1 verdicts |",
         "|---|" + "---:|---:|" * len(ms) + "---|",

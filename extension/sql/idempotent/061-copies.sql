@@ -1,7 +1,7 @@
 -- Copies: which stored images a query image is an edited copy of (a crop, a screenshot, a
 -- re-encoded, turned, framed or captioned copy). The query is searched for as several views
 -- (python_udf/pgvision_runtime/copies.py: as it is, turned back, without its border, its
--- textured region, its centre, tilted back) through the feature column's index, and, where the table has
+-- picture inside a screenshot, its centre, tilted back) through the feature column's index, and, where the table has
 -- a perceptual hash column, as its hashes (as it is, mirrored, turned) through that
 -- column's index; the union of the candidates is scored exactly.
 -- Thresholds, chosen on bench/mixed.py's collection (100 originals x 14 edits among 3,279
@@ -12,7 +12,8 @@
 --   verdict exact: hash distance 0 and the full view's cosine similarity at least 0.99;
 --           near: hash distance at most 8; copy: score at least 0.9; else similar.
 -- Where the table has its images, the best rows are then checked by keypoint matching
--- (python_udf/pgvision_runtime/matching.py), which tells a crop or a screenshot of a
+-- (python_udf/pgvision_runtime/matching.py: keypoints under one perspective transform, and
+-- the query's pixels found in the stored image), which tells a crop or a screenshot of a
 -- picture from the picture's look-alikes: score + 0.5 x match strength (0 to 1).
 
 CREATE OR REPLACE FUNCTION pgvision._copy_query(image bytea, model text)
@@ -105,7 +106,8 @@ COMMENT ON FUNCTION pgvision._image_column(regclass, name) IS
 'internal: the image column pgvision.find_copies and pgvision.find_duplicates read: the named one (it must be bytea), else the table''s bytea column image where the caller may read it, else NULL';
 
 -- The check of find_copies' best rows: does the query show a part of the stored image?
--- (python_udf/pgvision_runtime/matching.py: ORB keypoints under one RANSAC homography).
+-- (python_udf/pgvision_runtime/matching.py: ORB keypoints under one RANSAC homography, and
+-- the query's pixels found in it by template matching).
 CREATE OR REPLACE FUNCTION pgvision._copy_match(image bytea, stored bytea[])
 RETURNS double precision[]
 LANGUAGE plpython3u IMMUTABLE STRICT PARALLEL UNSAFE COST 100000
@@ -115,7 +117,7 @@ AS $python$
 return pv.copy_match(plpy, GD, image, stored)
 $python$;
 COMMENT ON FUNCTION pgvision._copy_match(bytea, bytea[]) IS
-'internal: for each stored image (at most 100), how surely and how much of it the query image shows, 0 to 1: the shares of the stored image''s and of the query''s ORB keypoints spanned by those that agree on one perspective transform, multiplied, times their number up to 40 (none below 12); NULL where a stored image is NULL or does not decode within pgvision.max_pixels and max_image_bytes. Images are decoded one at a time, matched on one thread';
+'internal: for each stored image (at most 100), how surely and how much of it the query image shows, 0 to 1: the shares of the stored image''s and of the query''s ORB keypoints spanned by those that agree on one perspective transform, multiplied, times their number up to 40 (none below 12), or where larger the share of its area the unturned query is found in pixel for pixel; NULL where a stored image is NULL or does not decode within pgvision.max_pixels and max_image_bytes. Images are decoded one at a time, matched on one thread';
 
 CREATE OR REPLACE FUNCTION pgvision.find_copies(
     tbl regclass, image bytea, k int DEFAULT 10, feature_column name DEFAULT 'feature',
@@ -264,4 +266,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision.find_copies(regclass, bytea, int, name, name, int, name, int) IS
-'the rows whose image the query image is an edited copy of (re-encoded, resized, cropped, mirrored, turned, grey, recoloured, blurred, framed, captioned, in a screenshot), best first: score is the best cosine similarity of a view of the query (as it is, turned back a quarter, a half or three quarters, without its border, its textured region, its centre, its centre tilted back 10 degrees either way), less the view''s penalty, plus 0.02 per bit of perceptual hash distance under 18 where the table has a hash column (hash_column, default phash if there is one: bit(64), e.g. GENERATED ALWAYS AS (pgvision.phash(image)) STORED, with an hnsw bit_hamming_ops index); verdict: exact (hash distance 0, full view similarity at least 0.99), near (hash distance at most 8), copy (score at least 0.9), else similar. Each of the 9 views and 5 hashes reads candidates rows through its index; the query image is embedded once per view with the column''s model. With a hash column the full view and the hashes are looked with first, and when their best row is exact or near that is the answer, without the other views. Otherwise, where the table has its images (image_column, default image if it is bytea), the images of the best matched rows (default 10, at most 100, 0 for none) are matched with the query''s keypoints, and each gains 0.5 x its match strength (0 to 1: the shares of the stored image''s and of the query''s keypoints spanned by those that agree on one perspective transform, multiplied, times their number up to 40, none below 12): a crop, a screenshot or a tilted copy then ranks its original above look-alikes. id and item as in pgvision.search';
+'the rows whose image the query image is an edited copy of (re-encoded, resized, cropped, mirrored, turned, grey, recoloured, blurred, framed, captioned, in a screenshot), best first: score is the best cosine similarity of a view of the query (as it is, turned back a quarter, a half or three quarters, without its border, the picture inside it where flat colours around reach its edge (a screenshot, a page) else its largest textured region, its centre, its centre tilted back 10 degrees either way), less the view''s penalty, plus 0.02 per bit of perceptual hash distance under 18 where the table has a hash column (hash_column, default phash if there is one: bit(64), e.g. GENERATED ALWAYS AS (pgvision.phash(image)) STORED, with an hnsw bit_hamming_ops index); verdict: exact (hash distance 0, full view similarity at least 0.99), near (hash distance at most 8), copy (score at least 0.9), else similar. Each of the 9 views and 5 hashes reads candidates rows through its index; the query image is embedded once per view with the column''s model. With a hash column the full view and the hashes are looked with first, and when their best row is exact or near that is the answer, without the other views. Otherwise, where the table has its images (image_column, default image if it is bytea), the images of the best matched rows (default 10, at most 100, 0 for none) are matched with the query''s keypoints, and each gains 0.5 x its match strength (0 to 1: the shares of the stored image''s and of the query''s keypoints spanned by those that agree on one perspective transform, multiplied, times their number up to 40, none below 12; or, when larger, the share of the stored image''s area the unturned query is found in pixel for pixel: grey correlation at least 0.9 and colours within 10 levels on average, the query scaled to 100 % down to 50 % of its side): a crop, a screenshot or a tilted copy then ranks its original above look-alikes. id and item as in pgvision.search';
