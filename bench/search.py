@@ -357,6 +357,7 @@ def mixed_cached(name, compute):
     if not path.exists():
         print(f"computing {path.name} (runs once)", flush=True)
         arrays = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path.with_suffix(".tmp.npz"), **arrays)
         path.with_suffix(".tmp.npz").rename(path)
     return np.load(path)
