@@ -21,6 +21,7 @@ mirrored and turned, for the edits that leave its low frequencies alone (re-enco
 blur, downscaling, grey, brightness), where features move more than hashes do.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -133,6 +134,7 @@ def _largest_region(mask):
     return cells, (top, left, bottom, right)
 
 
+@functools.lru_cache(maxsize=None)
 def _cv2():
     """OpenCV, imported once a process, on one thread: a query costs the server one core."""
     import cv2

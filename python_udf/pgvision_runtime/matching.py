@@ -140,9 +140,8 @@ def contained(query, stored):
     normalised cross-correlation of grey levels, counts when that correlation is at least
     MIN_CORRELATION and the colours there differ by at most MAX_DIFFERENCE levels on
     average; the share of the stored image's area it covers at the largest scale that
-    counts. Keypoint matching needs corners; a
-    flat drawing or a smooth gradient has few, and a crop of it lies in its original all
-    the same."""
+    counts. Keypoint matching needs corners; a flat drawing or a smooth gradient has few,
+    and a crop of it lies in its original all the same."""
     cv2 = _cv()[0]
     (qg, qc), (sg, sc) = query, stored
     qh, qw = qg.shape
