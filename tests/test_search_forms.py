@@ -104,7 +104,7 @@ def test_create_index_defaults_to_hnsw_cosine(conn):
     name = conn.execute("SELECT pgvision.create_index('t', 'feature')").fetchone()[0]
     assert name == "t_feature_hnsw_cosine_idx"
     d = indexdef(conn, name)
-    assert "USING hnsw (feature vector_cosine_ops) WITH (m='16', ef_construction='64')" in d, d
+    assert "USING hnsw (feature vector_cosine_ops) WITH (m='32', ef_construction='200')" in d, d
 
 
 def test_create_index_ivfflat_cosine_lists_default_is_clamped(conn):

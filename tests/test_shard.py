@@ -279,7 +279,7 @@ def test_create_sharded_table_builds_each_shard(coord, shards):
                         ("image", "bytea", None, "YES"), ("feature", "USER-DEFINED", None, "YES")]
         indexes = [r[0] for r in on_shard(shards, name, "SELECT indexdef FROM pg_indexes WHERE tablename = 'gallery'")]
         assert any("PRIMARY KEY" in i or "gallery_pkey" in i for i in indexes), indexes
-        assert any("USING hnsw (feature vector_cosine_ops) WITH (m='16', ef_construction='64')" in i for i in indexes)
+        assert any("USING hnsw (feature vector_cosine_ops) WITH (m='32', ef_construction='200')" in i for i in indexes)
         assert on_shard(shards, name, "SELECT tgname FROM pg_trigger WHERE tgrelid = 'gallery'::regclass"
                         " AND NOT tgisinternal") == [("pgvision_auto_embed",)]
         assert on_shard(shards, name, "SELECT tableowner FROM pg_tables WHERE tablename = 'gallery'") == [(APP_ROLE,)]

@@ -130,7 +130,7 @@ def test_a_full_switch(conn, table, rows):
     assert np.array_equal(q.to_numpy(), e.to_numpy())
     # the index: like the old one, under its name; the old one follows its column
     now = dict(indexes(conn))
-    assert "USING hnsw (feature vector_cosine_ops) WITH (m='16', ef_construction='64')" in now["sm_t_feature_hnsw_cosine_idx"]
+    assert "USING hnsw (feature vector_cosine_ops) WITH (m='32', ef_construction='200')" in now["sm_t_feature_hnsw_cosine_idx"]
     assert "(feature_previous vector_cosine_ops)" in now["sm_t_feature_previous_hnsw_cosine_idx"]
     assert conn.execute("SELECT pgvision._index_metric('sm_t', 'feature')").fetchone()[0] == "cosine"
     # no trigger left behind, the bookkeeping follows the columns

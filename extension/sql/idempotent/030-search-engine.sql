@@ -216,17 +216,18 @@ COMMENT ON FUNCTION pgvision._search_group_size(text, text, int, text, text, dou
 -- nearest ones on collections that mix photos, cut-outs and thumbnails, where an HNSW search
 -- at pgvector's default ef_search 40 often misses a photo's nearest row (BENCHMARKS.md,
 -- figure 3, mixed collection: top-1 agreement with an exact scan 0.63 at 40, 0.997 at 1000
--- on 3,279 rows loaded photos first; 0.85 and 0.990 on 100,000 rows loaded shuffled):
+-- on 3,279 rows loaded photos first; 0.88 and 0.99 on 100,000 rows loaded shuffled, m 16):
 -- - fewer than 1,500 rows: an exact scan (a sequential scan and a sort, the index left
 --   unused), there about as fast as an index search at ef_search 1000; not when the session
 --   turned sequential scans off (SET enable_seqscan = off asks for the index);
 -- - else the index (forced when there is no filter and the column has an HNSW index), with
---   hnsw.ef_search 1000, pgvector's largest. The session's value is
---   raised, never lowered (it cannot be larger), and is back when the function returns:
---   these functions promise the nearest rows; the plain SQL form (ORDER BY feature <=> q
---   LIMIT k) under the session's own hnsw.ef_search is the way to trade them for speed.
+--   the hnsw.ef_search of pgvision._index_ef_search (1000 below m 32, less from m 32, where
+--   a smaller beam finds as much). The session's value is raised, never lowered, and is
+--   back when the function returns: these functions promise the nearest rows; the plain
+--   SQL form (ORDER BY feature <=> q LIMIT k) under the session's own hnsw.ef_search is the
+--   way to trade them for speed.
 -- Sharded and partitioned tables keep the planner's choice and their shards' settings.
-CREATE OR REPLACE FUNCTION pgvision._search_scan(tbl regclass, OUT exact boolean, OUT ef_search int)
+CREATE OR REPLACE FUNCTION pgvision._search_scan(tbl regclass, feature_column name, OUT exact boolean, OUT ef_search int)
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -236,7 +237,8 @@ DECLARE
     _reltuples real;
     _n bigint;
 BEGIN
-    ef_search := 1000;
+    ef_search := GREATEST(coalesce(pg_catalog.current_setting('hnsw.ef_search', true), '40')::int,
+                          coalesce(pgvision._index_ef_search(tbl, feature_column), 1000));
     exact := false;
     SELECT c.relkind, c.reltuples INTO _kind, _reltuples FROM pg_catalog.pg_class c WHERE c.oid = tbl;
     IF _kind IN ('r', 'm') AND pg_catalog.current_setting('enable_seqscan')::boolean
@@ -249,8 +251,8 @@ BEGIN
     END IF;
 END
 $$;
-COMMENT ON FUNCTION pgvision._search_scan(regclass) IS
-'internal: how pgvision._search reads a table: exact (a table of this server below 1,500 rows, unless enable_seqscan is off) and the hnsw.ef_search of its index scans (1000, pgvector''s largest: the session''s value is raised, never lowered)';
+COMMENT ON FUNCTION pgvision._search_scan(regclass, name) IS
+'internal: how pgvision._search reads a table: exact (a table of this server below 1,500 rows, unless enable_seqscan is off) and the hnsw.ef_search of its index scans (pgvision._index_ef_search, 1000 without an HNSW index; the session''s value is raised, never lowered)';
 
 -- The ivfflat.probes of the search functions' scans of a column's IVFFlat index. An IVFFlat
 -- search reads only the lists whose centres are nearest the query, and a photo's nearest row
@@ -303,7 +305,7 @@ DECLARE
     _rank constant text := 'SELECT $5, (pg_catalog.row_number() OVER (ORDER BY c.distance))::int, c.id, c.distance, ';
     _q text;
     _n int;
-    _scan record := pgvision._search_scan(tbl);
+    _scan record := pgvision._search_scan(tbl, feature_column);
     _ef text := pg_catalog.current_setting('hnsw.ef_search', true);
     _probes int := CASE WHEN NOT _scan.exact THEN pgvision._search_probes(tbl, feature_column, _m.metric) END;
     _session_probes text := pg_catalog.current_setting('ivfflat.probes', true);

@@ -74,7 +74,7 @@ BEGIN
 
     -- the search functions' index settings, the session's back before returning (an error
     -- rolls them back with the (sub)transaction)
-    PERFORM pg_catalog.set_config('hnsw.ef_search', (pgvision._search_scan(tbl)).ef_search::text, true);
+    PERFORM pg_catalog.set_config('hnsw.ef_search', (pgvision._search_scan(tbl, _feature)).ef_search::text, true);
     _probes := pgvision._search_probes(tbl, _feature, _m.metric);
     IF _probes IS NOT NULL THEN
         PERFORM pg_catalog.set_config('ivfflat.probes', _probes::text, true);

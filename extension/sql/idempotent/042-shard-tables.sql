@@ -172,8 +172,8 @@ CREATE OR REPLACE FUNCTION pgvision.create_sharded_table(
     model text DEFAULT 'efficientnet_lite0_normalized',
     auto_embed boolean DEFAULT true,
     metric text DEFAULT pgvision._default_metric(),
-    m int DEFAULT 16,
-    ef_construction int DEFAULT 64)
+    m int DEFAULT 32,
+    ef_construction int DEFAULT 200)
 RETURNS TABLE (shard name, foreign_table regclass, remote_table text)
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
