@@ -151,7 +151,8 @@ def use_it(server, dbname):
         c.execute("SELECT pgvision.enable_auto_embed('public.photos', 'image', 'feature', 'efficientnet_lite0')")
         c.execute("INSERT INTO public.photos VALUES (1, 'dog', %s), (2, 'eagle', %s)",
                   [photo("dog"), photo("eagle")])
-        c.execute("SELECT pgvision.create_index('public.photos', 'feature', 'cosine')")
+        # the index parameters spelled out: the defaults changed between versions
+        c.execute("SELECT pgvision.create_index('public.photos', 'feature', 'cosine', m => 16, ef_construction => 64)")
         c.execute(f"GRANT SELECT ON public.photos TO {READER}")
     with connect(server, dbname, CURATOR) as c:
         c.execute("SELECT pgvision.register_model('upg_tiny', %s, %s)", [tiny_model(), json.dumps(TINY_SPEC)])

@@ -14,15 +14,23 @@ BEGIN
 END
 $$;
 
+-- The catalog lookups every search makes are plpgsql, not sql: a SQL function with a SET
+-- clause is never inlined and is planned again at each call (about 2 ms for
+-- _switch_indexes), where plpgsql keeps its plans for the session.
+
 -- pgvector is relocatable, so its schema is looked up when it is needed, not at install time.
 CREATE OR REPLACE FUNCTION pgvision._vector_schema()
 RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT n.nspname::text
-    FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
-    WHERE e.extname = 'vector'
+BEGIN
+    RETURN (
+        SELECT n.nspname::text
+        FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+        WHERE e.extname = 'vector'
+    );
+END
 $$;
 COMMENT ON FUNCTION pgvision._vector_schema() IS
 'internal: the schema pgvector''s types, operators and operator classes live in';
@@ -34,11 +42,15 @@ COMMENT ON FUNCTION pgvision._vector_schema() IS
 -- elsewhere (a public.text domain, a public table).
 CREATE OR REPLACE FUNCTION pgvision._rel_name(rel regclass)
 RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE STRICT
+LANGUAGE plpgsql STABLE PARALLEL SAFE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT c.relnamespace::pg_catalog.regnamespace::text || '.' || pg_catalog.quote_ident(c.relname)
-    FROM pg_catalog.pg_class c WHERE c.oid = rel
+BEGIN
+    RETURN (
+        SELECT c.relnamespace::pg_catalog.regnamespace::text || '.' || pg_catalog.quote_ident(c.relname)
+        FROM pg_catalog.pg_class c WHERE c.oid = rel
+    );
+END
 $$;
 COMMENT ON FUNCTION pgvision._rel_name(regclass) IS
 'internal: a relation''s name with its schema (pg_temp_N for a temporary table), both quoted, whatever the search_path';
@@ -65,13 +77,17 @@ COMMENT ON FUNCTION pgvision._check_owner(regclass) IS
 -- (pg_catalog.text, public.vector), whatever the search_path.
 CREATE OR REPLACE FUNCTION pgvision._column(rel regclass, column_name name)
 RETURNS TABLE (num int2, type oid, typmod int, notnull boolean, generated "char", type_name text)
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT a.attnum, a.atttypid, a.atttypmod, a.attnotnull, a.attgenerated,
-           t.typnamespace::pg_catalog.regnamespace::text || '.' || pg_catalog.quote_ident(t.typname)
-    FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-    WHERE a.attrelid = rel AND a.attname = column_name AND a.attnum > 0 AND NOT a.attisdropped
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+        SELECT a.attnum, a.atttypid, a.atttypmod, a.attnotnull, a.attgenerated,
+               t.typnamespace::pg_catalog.regnamespace::text || '.' || pg_catalog.quote_ident(t.typname)
+        FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+        WHERE a.attrelid = rel AND a.attname = column_name AND a.attnum > 0 AND NOT a.attisdropped;
+END
 $$;
 COMMENT ON FUNCTION pgvision._column(regclass, name) IS
 'internal: number, type, type modifier, NOT NULL, generated kind and schema-qualified type name of a live column of a relation; no row when there is none';
@@ -141,17 +157,21 @@ COMMENT ON FUNCTION pgvision._vector_dims(regclass, name, int) IS
 -- show and which would be detoasted (or, from a shard, fetched) for nothing.
 CREATE OR REPLACE FUNCTION pgvision._plain_columns(rel regclass)
 RETURNS name[]
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(pg_catalog.array_agg(a.attname ORDER BY a.attnum), '{}')
-    FROM pg_catalog.pg_attribute a
-    WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
-      AND a.atttypid <> 'pg_catalog.bytea'::pg_catalog.regtype
-      AND a.atttypid NOT IN (SELECT ty.oid FROM pg_catalog.pg_type ty
-                             JOIN pg_catalog.pg_namespace n ON n.oid = ty.typnamespace
-                             WHERE n.nspname = pgvision._vector_schema()
-                               AND ty.typname IN ('vector', 'halfvec', 'sparsevec'))
+BEGIN
+    RETURN (
+        SELECT coalesce(pg_catalog.array_agg(a.attname ORDER BY a.attnum), '{}')
+        FROM pg_catalog.pg_attribute a
+        WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+          AND a.atttypid <> 'pg_catalog.bytea'::pg_catalog.regtype
+          AND a.atttypid NOT IN (SELECT ty.oid FROM pg_catalog.pg_type ty
+                                 JOIN pg_catalog.pg_namespace n ON n.oid = ty.typnamespace
+                                 WHERE n.nspname = pgvision._vector_schema()
+                                   AND ty.typname IN ('vector', 'halfvec', 'sparsevec'))
+    );
+END
 $$;
 COMMENT ON FUNCTION pgvision._plain_columns(regclass) IS
 'internal: the columns of a relation search returns in item, in order: all but pgvector and bytea columns';

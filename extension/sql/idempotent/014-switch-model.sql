@@ -198,30 +198,34 @@ COMMENT ON FUNCTION pgvision._switch_model_indexes(regclass, name) IS
 -- would be told to build them.
 CREATE OR REPLACE FUNCTION pgvision._switch_indexes(tbl regclass, column_name name)
 RETURNS TABLE (index_name name, method text, metric text, halfvec boolean, m int, ef_construction int, lists int)
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT ic.relname, am.amname::text, mt.metric, o.opcname LIKE 'halfvec\_%',
-           (SELECT pg_catalog.split_part(r, '=', 2)::int FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'm=%'),
-           (SELECT pg_catalog.split_part(r, '=', 2)::int FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'ef\_construction=%'),
-           (SELECT pg_catalog.split_part(r, '=', 2)::int FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'lists=%')
-    FROM pg_catalog.pg_index i
-    JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-    JOIN pg_catalog.pg_am am ON am.oid = ic.relam
-    JOIN pg_catalog.pg_opclass o ON o.oid = i.indclass[0]
-    JOIN pg_catalog.pg_namespace n ON n.oid = o.opcnamespace
-    JOIN pgvision._metrics() mt ON o.opcname IN ('vector_' || mt.opclass, 'halfvec_' || mt.opclass)
-    JOIN pgvision._column(tbl, column_name) c ON true
-    WHERE i.indrelid = tbl AND i.indnatts = 1 AND i.indisvalid AND i.indpred IS NULL
-      AND am.amname IN ('hnsw', 'ivfflat') AND n.nspname = pgvision._vector_schema()
-      -- the column itself, or an expression over it (the halfvec cast)
-      AND (i.indkey[0] = c.num
-           OR (i.indkey[0] = 0 AND EXISTS (
-                  SELECT FROM pg_catalog.pg_depend d
-                  WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = i.indexrelid
-                    AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                    AND d.refobjid = tbl AND d.refobjsubid = c.num)))
-    ORDER BY i.indexrelid
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+        SELECT ic.relname, am.amname::text, mt.metric, o.opcname LIKE 'halfvec\_%',
+               (SELECT pg_catalog.split_part(r, '=', 2)::int FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'm=%'),
+               (SELECT pg_catalog.split_part(r, '=', 2)::int FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'ef\_construction=%'),
+               (SELECT pg_catalog.split_part(r, '=', 2)::int FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'lists=%')
+        FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+        JOIN pg_catalog.pg_opclass o ON o.oid = i.indclass[0]
+        JOIN pg_catalog.pg_namespace n ON n.oid = o.opcnamespace
+        JOIN pgvision._metrics() mt ON o.opcname IN ('vector_' || mt.opclass, 'halfvec_' || mt.opclass)
+        JOIN pgvision._column(tbl, column_name) c ON true
+        WHERE i.indrelid = tbl AND i.indnatts = 1 AND i.indisvalid AND i.indpred IS NULL
+          AND am.amname IN ('hnsw', 'ivfflat') AND n.nspname = pgvision._vector_schema()
+          -- the column itself, or an expression over it (the halfvec cast)
+          AND (i.indkey[0] = c.num
+               OR (i.indkey[0] = 0 AND EXISTS (
+                      SELECT FROM pg_catalog.pg_depend d
+                      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = i.indexrelid
+                        AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                        AND d.refobjid = tbl AND d.refobjsubid = c.num)))
+        ORDER BY i.indexrelid;
+END
 $$;
 COMMENT ON FUNCTION pgvision._switch_indexes(regclass, name) IS
 'internal: the valid pgvector indexes (hnsw, ivfflat) of a vector column or of its halfvec cast: name, method, metric, halfvec, and their m, ef_construction, lists';

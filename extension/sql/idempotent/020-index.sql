@@ -127,22 +127,26 @@ COMMENT ON FUNCTION pgvision.create_index(regclass, name, text, text, int, int, 
 -- create_sharded_table build when not told.
 CREATE OR REPLACE FUNCTION pgvision._index_metric(tbl regclass, column_name name)
 RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT m.metric
-    FROM pg_catalog.pg_index i
-    JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-    JOIN pg_catalog.pg_am am ON am.oid = ic.relam
-    JOIN pg_catalog.pg_opclass o ON o.oid = i.indclass[0]
-    JOIN pg_catalog.pg_namespace n ON n.oid = o.opcnamespace
-    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-    JOIN pgvision._metrics() m ON o.opcname = 'vector_' || m.opclass
-    WHERE i.indrelid = _index_metric.tbl AND a.attname = _index_metric.column_name
-      AND i.indisvalid AND am.amname IN ('hnsw', 'ivfflat')
-      AND n.nspname = pgvision._vector_schema()
-    ORDER BY m.is_default DESC, i.indexrelid  -- several: the default metric's, else the oldest
-    LIMIT 1
+BEGIN
+    RETURN (
+        SELECT m.metric
+        FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+        JOIN pg_catalog.pg_opclass o ON o.oid = i.indclass[0]
+        JOIN pg_catalog.pg_namespace n ON n.oid = o.opcnamespace
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        JOIN pgvision._metrics() m ON o.opcname = 'vector_' || m.opclass
+        WHERE i.indrelid = _index_metric.tbl AND a.attname = _index_metric.column_name
+          AND i.indisvalid AND am.amname IN ('hnsw', 'ivfflat')
+          AND n.nspname = pgvision._vector_schema()
+        ORDER BY m.is_default DESC, i.indexrelid  -- several: the default metric's, else the oldest
+        LIMIT 1
+    );
+END
 $$;
 COMMENT ON FUNCTION pgvision._index_metric(regclass, name) IS
 'internal: the metric (l2, cosine or ip) of the pgvector index (hnsw or ivfflat) on a vector column, the default metric''s first when there are several; NULL without one';
@@ -151,16 +155,27 @@ COMMENT ON FUNCTION pgvision._index_metric(regclass, name) IS
 -- The hnsw.ef_search the search functions use on a column's HNSW index: pgvector's largest
 -- (1000) for graphs of m below 32, whose search needs it on collections that mix kinds of
 -- pictures, and 200 for m 32 and more (BENCHMARKS.md, figure 3, mixed collection of 100,000
--- rows: @EF_NOTE@). NULL without an HNSW index on the column (or on its halfvec cast).
+-- rows: @EF_NOTE@). NULL without an HNSW index on the column itself (one over column::halfvec
+-- serves only queries on that expression).
 CREATE OR REPLACE FUNCTION pgvision._index_ef_search(tbl regclass, column_name name)
 RETURNS int
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT CASE WHEN pg_catalog.min(coalesce(i.m, 16)) >= 32 THEN 200 ELSE 1000 END
-    FROM pgvision._switch_indexes(tbl, column_name) i
-    WHERE i.method = 'hnsw'
-    HAVING pg_catalog.count(*) > 0
+BEGIN
+    RETURN (
+        -- the smallest m of the column's own HNSW indexes (pgvector's default m is 16)
+        SELECT CASE WHEN pg_catalog.min(coalesce((SELECT pg_catalog.split_part(r, '=', 2)::int
+                                                  FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'm=%'), 16)) >= 32
+                    THEN 200 ELSE 1000 END
+        FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        WHERE i.indrelid = tbl AND a.attname = column_name AND am.amname = 'hnsw' AND i.indisvalid
+        HAVING pg_catalog.count(*) > 0
+    );
+END
 $$;
 COMMENT ON FUNCTION pgvision._index_ef_search(regclass, name) IS
 'internal: the hnsw.ef_search of the search functions'' scans of a column''s HNSW index: 1000 below m 32, 200 from m 32; NULL without one';
@@ -239,10 +254,11 @@ BEGIN
         sampled := coalesce(pg_catalog.cardinality(_tids), 0);
         reached := 0;
         FOR _n IN 1 .. sampled LOOP
-            -- the row's own feature as the query (pgvector's README form): an index scan
+            -- the row's own feature as the query (pgvector's README form): an index scan; the
+            -- key is unqualified, since an expression (the halfvec cast) takes no prefix
             EXECUTE pg_catalog.format(
                 'WITH q AS MATERIALIZED (SELECT %1$s AS v FROM %2$s AS s WHERE s.ctid OPERATOR(pg_catalog.=) $1) '
-                'SELECT n.ctid, n.d, (SELECT q.v %3$s q.v FROM q) FROM (SELECT t.ctid, t.%1$s %3$s (SELECT q.v FROM q) AS d '
+                'SELECT n.ctid, n.d, (SELECT q.v %3$s q.v FROM q) FROM (SELECT t.ctid, %1$s %3$s (SELECT q.v FROM q) AS d '
                 'FROM %2$s AS t ORDER BY d LIMIT 1) n', _key, _rel, _op)
                 INTO _got, _d, _self USING _tids[_n];
             -- the row itself, or one at least as near (a duplicate)

@@ -266,16 +266,20 @@ COMMENT ON FUNCTION pgvision._search_scan(regclass, name) IS
 -- index for the metric (one over column::halfvec serves only queries on that expression).
 CREATE OR REPLACE FUNCTION pgvision._search_probes(tbl regclass, feature_column name, metric text)
 RETURNS int
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT LEAST(l.lists, GREATEST(coalesce(pg_catalog.current_setting('ivfflat.probes', true), '1')::int,
-                                   pg_catalog.ceil(2 * pg_catalog.sqrt(l.lists))::int))
-    -- pgvector's default lists is 100
-    FROM pgvision._switch_indexes(tbl, feature_column) i, LATERAL (SELECT coalesce(i.lists, 100) AS lists) l
-    WHERE i.method = 'ivfflat' AND NOT i.halfvec AND i.metric = _search_probes.metric
-    ORDER BY l.lists DESC
-    LIMIT 1
+BEGIN
+    RETURN (
+        SELECT LEAST(l.lists, GREATEST(coalesce(pg_catalog.current_setting('ivfflat.probes', true), '1')::int,
+                                       pg_catalog.ceil(2 * pg_catalog.sqrt(l.lists))::int))
+        -- pgvector's default lists is 100
+        FROM pgvision._switch_indexes(tbl, feature_column) i, LATERAL (SELECT coalesce(i.lists, 100) AS lists) l
+        WHERE i.method = 'ivfflat' AND NOT i.halfvec AND i.metric = _search_probes.metric
+        ORDER BY l.lists DESC
+        LIMIT 1
+    );
+END
 $$;
 COMMENT ON FUNCTION pgvision._search_probes(regclass, name, text) IS
 'internal: the ivfflat.probes of pgvision._search''s scans of the column''s IVFFlat index for the metric: 2·sqrt(lists), at most lists, never below the session''s; NULL without such an index';
