@@ -21,7 +21,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
 import mixed  # noqa: E402
 
 EXACT_ROWS = 1500      # pgvision._search_scan: below this many rows, an exact scan
-EF_SEARCH = 1000       # and the ef_search of its index scans (pgvector's largest)
+EF_SEARCH = 200        # and the ef_search of its index scans (create_index's m 32; 1000 below)
 FASHION = 2400         # thumbnails after the photos: above EXACT_ROWS, so the index is read
 EDITS = ("jpeg q15", "crop 80% centre", "grey", "blur r3")
 EXACT = "SELECT id FROM {t} ORDER BY feature <=> %s::vector, id LIMIT %s"
@@ -133,10 +133,20 @@ def test_ef_search_is_raised_and_the_session_keeps_its_own(conn, collection):
     assert settings_inside(conn, "recall_big", q)[:2] == (EF_SEARCH, "on")  # raised, not lowered
     assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "10"
     with conn.transaction():
-        conn.execute("SET LOCAL hnsw.ef_search = 200")
-        settings_inside(conn, "recall_big", q)
-        assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "200"
+        conn.execute("SET LOCAL hnsw.ef_search = 400")
+        assert settings_inside(conn, "recall_big", q)[0] == 400  # a larger one is kept
+        assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "400"
     assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "10"
+
+
+def test_a_graph_of_m_16_is_read_at_ef_search_1000(conn, collection):
+    q = vectors(conn, collection[:1])[0]
+    with conn.transaction():
+        conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        conn.execute("CREATE INDEX recall_big_m16 ON recall_big USING hnsw (feature vector_cosine_ops) WITH (m = 16)")
+        assert settings_inside(conn, "recall_big", q)[0] == 1000  # the column's smallest m
+        raise psycopg.Rollback  # the index goes
+    assert settings_inside(conn, "recall_big", q)[0] == EF_SEARCH
 
 
 def test_small_table_scan_and_the_session_afterwards(conn, collection):

@@ -273,9 +273,18 @@ BEGIN
     RETURN (
         SELECT LEAST(l.lists, GREATEST(coalesce(pg_catalog.current_setting('ivfflat.probes', true), '1')::int,
                                        pg_catalog.ceil(2 * pg_catalog.sqrt(l.lists))::int))
-        -- pgvector's default lists is 100
-        FROM pgvision._switch_indexes(tbl, feature_column) i, LATERAL (SELECT coalesce(i.lists, 100) AS lists) l
-        WHERE i.method = 'ivfflat' AND NOT i.halfvec AND i.metric = _search_probes.metric
+        -- the column's own IVFFlat indexes for the metric, read directly: this runs at every
+        -- search (pgvector's default lists is 100)
+        FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+        JOIN pg_catalog.pg_opclass o ON o.oid = i.indclass[0]
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        CROSS JOIN LATERAL (SELECT coalesce((SELECT pg_catalog.split_part(r, '=', 2)::int
+                                             FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'lists=%'), 100) AS lists) l
+        WHERE i.indrelid = tbl AND a.attname = feature_column AND am.amname = 'ivfflat' AND i.indisvalid
+          AND o.opcname = 'vector_' || (SELECT m.opclass FROM pgvision._metrics() m WHERE m.metric = _search_probes.metric)
+          AND o.opcnamespace::pg_catalog.regnamespace::text = pg_catalog.quote_ident(pgvision._vector_schema())
         ORDER BY l.lists DESC
         LIMIT 1
     );
