@@ -7,7 +7,7 @@ The mixed collection of bench/search.py (its cached features; run that first), R
 defaults. Prints create_index's WARNING, pgvision.check_index, and the top-1 agreement with
 an exact scan (float64 numpy) of the plain form at ef_search 100, 200, 400 and of
 pgvision.search_vector; for photos first, the same again after the hint's remedy (CLUSTER in
-hashed key order, which rebuilds the index). Figures go to /var/tmp/pgvision-bench/load-order-ROWS.json.
+hashed key order, which rebuilds the index). Figures go to bench/results/load_order.json, which search.py's mixed-collection section reports.
 Timings here are for orientation: search.py measures them side by side.
 """
 import sys, time, json
@@ -94,4 +94,4 @@ with common.Server("load-order", 55442, search.MIXED_SETTINGS) as server:
             measure(ci, t, order + ", clustered", u, uq, true_dist, efs=(100, 200, 400))
         with psycopg.connect(ci, autocommit=True) as c:
             c.execute(f"DROP TABLE {t}")
-        json.dump(res, open(common.WORK / f"load-order-{N}.json", "w"), indent=1)
+        json.dump({"rows": N, "runs": res}, open(common.RESULTS / "load_order.json", "w"), indent=1)

@@ -637,7 +637,36 @@ def mixed_report(mx):
         f"{mixed_label(b)} {b['seconds']:.1f} s" + (f" ({b['bytes'] / 2**20:,.0f} MB)" if "bytes" in b else "")
         for b in r["builds"].values()) for r in mx["runs"])
     lines += ["", f"Index builds (pgvision.create_index, max_parallel_maintenance_workers 2): {builds}."]
+    lines += load_order_report()
     return "\n".join(lines)
+
+
+def load_order_report():
+    """bench/load_order.py's figures: create_index's check of the graph and the CLUSTER remedy."""
+    import json
+
+    path = common.RESULTS / "load_order.json"
+    if not path.exists():
+        return []
+    lo = json.loads(path.read_text())
+    lines = ["", "#### Load order: create_index's check and the CLUSTER that mends it", "",
+             f"`build/venv/bin/python bench/load_order.py {lo['rows']}`: the same {lo['rows']:,} rows, "
+             "indexed by create_index's defaults (m 32, ef_construction 200); pgvision.check_index "
+             "(200 sampled rows from the table's first twentieth, 200 from the whole table, each searched "
+             "for by its own feature), then top-1 agreement with the exact scan; for photos first, again "
+             "after the hint's CLUSTER in hashed key order (which builds the index again). Agreement only: "
+             "this script's timings ran beside other jobs, and the rows above measure them side by side.", "",
+             "| rows loaded | create_index's check: reached of sampled | agreement at ef_search 100 | 200 | 400 | pgvision.search_vector |",
+             "|---|---|---:|---:|---:|---:|"]
+    order = None
+    for r in lo["runs"]:
+        if "check" in r:
+            order = r["order"]
+            said = "; ".join(f"{c[0]} {c[2]} of {c[1]}" for c in r["check"])
+            got = {x["form"]: x["agreement"] for x in lo["runs"] if x.get("label") == order}
+            lines.append(f"| {order} | {said} | " + " | ".join(
+                f"{got[f]:.4f}" for f in ("plain ef 100", "plain ef 200", "plain ef 400", "search_vector")) + " |")
+    return lines
 
 
 # ---------------------------------------------------------------- main

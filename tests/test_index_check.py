@@ -99,3 +99,26 @@ def test_check_index_errors(conn, sql, state, words):
     with pytest.raises(psycopg.Error) as e:
         conn.execute(sql)
     assert e.value.sqlstate == state and words in str(e.value), str(e.value)
+
+
+def test_a_partitioned_table_is_indexed_and_its_partitions_checked(conn):
+    conn.execute("DROP TABLE IF EXISTS loaded_parts")
+    conn.execute(f"CREATE TABLE loaded_parts (id bigint, feature vector({DIM})) PARTITION BY RANGE (id)")
+    conn.execute("CREATE TABLE loaded_parts_1 PARTITION OF loaded_parts FOR VALUES FROM (0) TO (1000)")
+    conn.execute("CREATE TABLE loaded_parts_2 PARTITION OF loaded_parts FOR VALUES FROM (1000) TO (5000)")
+    rows = island_rows()[::4]
+    rows = rows[np.random.default_rng(4).permutation(len(rows))]
+    with conn.cursor().copy("COPY loaded_parts (id, feature) FROM STDIN (FORMAT BINARY)") as cp:
+        cp.set_types(["int8", "vector"])
+        for i, f in enumerate(rows):
+            cp.write_row((i, f))
+    conn.execute("SELECT pgvision.create_index('loaded_parts', 'feature')")
+    part_index = conn.execute("SELECT indexrelid::regclass::text FROM pg_index"
+                              " WHERE indrelid = 'loaded_parts_1'::regclass").fetchone()[0]
+    got = check(conn, part_index)
+    assert got["whole table"][0] == 200 and got["whole table"][1] >= 196, got
+    parent = conn.execute("SELECT indexrelid::regclass::text FROM pg_index"
+                          " WHERE indrelid = 'loaded_parts'::regclass").fetchone()[0]
+    with pytest.raises(psycopg.Error) as e:
+        check(conn, parent)
+    assert e.value.sqlstate == "42809"

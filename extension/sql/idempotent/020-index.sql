@@ -97,7 +97,8 @@ BEGIN
     _name := coalesce(_name, pgvision._index_name(tbl, column_name, pg_catalog.format('_%s_%s%s_idx', _method, _metric,
                                                    CASE WHEN create_index.halfvec THEN '_half' ELSE '' END)));
     EXECUTE pg_catalog.format('CREATE INDEX %I ON %s USING %I (%s) WITH (%s)', _name, tbl, _method, _key, _with);
-    IF _method = 'hnsw' THEN
+    -- (a partitioned table's index is the partitions' own: check those)
+    IF _method = 'hnsw' AND (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = tbl) IN ('r', 'm') THEN
         -- the new index, by its schema and name, whatever the search_path
         _idx := (SELECT i.indexrelid FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
                  WHERE i.indrelid = tbl AND c.relname = _name);
