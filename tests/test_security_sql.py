@@ -181,6 +181,8 @@ TROJAN_CASES = [
     ("create_index", "SELECT pgvision.create_index('public.t_bigint', 'feature')"),
     ("create_index l2 ivfflat", "SELECT pgvision.create_index('public.t_text', 'feature', metric => 'l2', method => 'ivfflat')"),
     ("create_index halfvec ip", "SELECT pgvision.create_index('public.t_varchar', 'feature', metric => 'ip', halfvec => true)"),
+    ("check_index", "SELECT * FROM pgvision.check_index('public.t_bigint_feature_hnsw_cosine_idx')"),
+    ("check_index halfvec ip", "SELECT * FROM pgvision.check_index('public.t_varchar_feature_hnsw_ip_half_idx', sample => 4)"),
     ("create_ann_index", "SELECT pgvision.create_ann_index('public.t_citext', 'feature', 'dim = 1280, hnsw_m = 8, distancemeasure = L2')"),
     ("search", "SELECT * FROM pgvision.search('public.t_bigint', %(img)s)"),
     ("search l2 thresholds", "SELECT * FROM pgvision.search('public.t_text', %(img)s, k => 2, metric => 'l2', max_distance => 100)"),
