@@ -102,8 +102,7 @@ BEGIN
         -- the new index, by its schema and name, whatever the search_path
         _idx := (SELECT i.indexrelid FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
                  WHERE i.indrelid = tbl AND c.relname = _name);
-        SELECT pg_catalog.sum(c.sampled) AS sampled, pg_catalog.sum(c.sampled - c.reached) AS lost,
-               pg_catalog.string_agg(pg_catalog.format('%s of %s rows from the %s', c.sampled - c.reached, c.sampled, c.part),
+        SELECT pg_catalog.string_agg(pg_catalog.format('%s of %s rows from the %s', c.sampled - c.reached, c.sampled, c.part),
                                      ' and ') AS said,
                pg_catalog.bool_or(c.reached < 0.98 * c.sampled) AS bad
         INTO _check
@@ -111,8 +110,9 @@ BEGIN
         IF _check.bad THEN
             RAISE WARNING 'index %: % cannot be found by their own feature', _name, _check.said
                 USING DETAIL = 'pgvector builds the graph in the order the rows lie in the table, and a group of rows loaded first (say photos, then many thumbnails) loses its links: queries near them end among the other rows at any hnsw.ef_search.',
-                      HINT = pg_catalog.format('put the rows in a mixed order, which rebuilds every index of the table, e.g. CREATE INDEX mix ON %s ((pg_catalog.hashtext(<key>::text))); CLUSTER %s USING mix; DROP INDEX mix; then check again with pgvision.check_index(%L)',
-                                               tbl, tbl, _idx::oid::regclass::text);
+                      HINT = pg_catalog.format('put the rows in a mixed order, which rebuilds every index of the table, e.g. CREATE INDEX mix ON %s ((pg_catalog.hashtext(%s::text))); CLUSTER %s USING mix; DROP INDEX mix; then check again with pgvision.check_index(%L)',
+                                               tbl, coalesce(pg_catalog.quote_ident((pgvision._row_key(tbl)).columns[1]), '<key>'),
+                                               tbl, _idx::oid::regclass::text);
         END IF;
     END IF;
     RETURN _name;
