@@ -656,7 +656,7 @@ def load_order_report():
              "for by its own feature), then top-1 agreement with the exact scan; for photos first, again "
              "after the hint's CLUSTER in hashed key order (which builds the index again). Agreement only: "
              "this script's timings ran beside other jobs, and the rows above measure them side by side.", "",
-             "| rows loaded | create_index's check: reached of sampled | agreement at ef_search 100 | 200 | 400 | pgvision.search_vector |",
+             "| rows loaded | pgvision.check_index: reached of sampled | agreement at ef_search 100 | 200 | 400 | pgvision.search_vector |",
              "|---|---|---:|---:|---:|---:|"]
     order = None
     for r in lo["runs"]:
