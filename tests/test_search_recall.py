@@ -21,7 +21,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
 import mixed  # noqa: E402
 
 EXACT_ROWS = 1500      # pgvision._search_scan: below this many rows, an exact scan
-EF_SEARCH = 200        # and the ef_search of its index scans (create_index's m 32; 1000 below)
+EF_SEARCH = 1000       # and the ef_search of its index scans below 10,000 rows (200 above, on m 32)
 FASHION = 2400         # thumbnails after the photos: above EXACT_ROWS, so the index is read
 EDITS = ("jpeg q15", "crop 80% centre", "grey", "blur r3")
 EXACT = "SELECT id FROM {t} ORDER BY feature <=> %s::vector, id LIMIT %s"
@@ -133,20 +133,32 @@ def test_ef_search_is_raised_and_the_session_keeps_its_own(conn, collection):
     assert settings_inside(conn, "recall_big", q)[:2] == (EF_SEARCH, "on")  # raised, not lowered
     assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "10"
     with conn.transaction():
-        conn.execute("SET LOCAL hnsw.ef_search = 400")
-        assert settings_inside(conn, "recall_big", q)[0] == 400  # a larger one is kept
-        assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "400"
+        conn.execute("SET LOCAL hnsw.ef_search = 200")
+        settings_inside(conn, "recall_big", q)
+        assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "200"
     assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "10"
 
 
-def test_a_graph_of_m_16_is_read_at_ef_search_1000(conn, collection):
-    q = vectors(conn, collection[:1])[0]
+def test_a_large_table_of_m_32_is_read_at_200_and_one_of_m_16_at_1000(conn):
+    import numpy as np
+    rng = np.random.default_rng(5)
+    conn.execute("DROP TABLE IF EXISTS recall_wide")
+    conn.execute("CREATE TABLE recall_wide (id bigint PRIMARY KEY, feature vector(16))")
+    with conn.cursor().copy("COPY recall_wide (id, feature) FROM STDIN (FORMAT BINARY)") as cp:
+        cp.set_types(["int8", "vector"])
+        for i, f in enumerate(rng.standard_normal((10000, 16)).astype(np.float32)):
+            cp.write_row((i, f))
+    conn.execute("SELECT pgvision.create_index('recall_wide', 'feature')")
+    q = "[" + ",".join(["0.5"] * 16) + "]"
+    assert settings_inside(conn, "recall_wide", q)[0] == 200
     with conn.transaction():
-        conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
-        conn.execute("CREATE INDEX recall_big_m16 ON recall_big USING hnsw (feature vector_cosine_ops) WITH (m = 16)")
-        assert settings_inside(conn, "recall_big", q)[0] == 1000  # the column's smallest m
+        conn.execute("CREATE INDEX recall_wide_m16 ON recall_wide USING hnsw (feature vector_cosine_ops) WITH (m = 16)")
+        assert settings_inside(conn, "recall_wide", q)[0] == 1000  # the column's smallest m
         raise psycopg.Rollback  # the index goes
-    assert settings_inside(conn, "recall_big", q)[0] == EF_SEARCH
+    assert settings_inside(conn, "recall_wide", q)[0] == 200
+    with conn.transaction():
+        conn.execute("SET LOCAL hnsw.ef_search = 400")
+        assert settings_inside(conn, "recall_wide", q)[0] == 400  # a larger one is kept
 
 
 def test_small_table_scan_and_the_session_afterwards(conn, collection):

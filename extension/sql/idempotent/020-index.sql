@@ -119,7 +119,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision.create_index(regclass, name, text, text, int, int, int, boolean, text) IS
-'creates a pgvector index on a vector column and returns its name (in the table''s schema; default <table>_<column>_<method>_<metric>_idx). metric: cosine (<=>, the default, which the search functions then use), l2 (<->) or ip (<#>); method: hnsw (m, ef_construction; default 32 and 200, which the search functions read at hnsw.ef_search 200, where m 16 needs 1000 on collections that mix kinds of pictures) or ivfflat (lists; default rows/1000 clamped to [10, 10000], counted when the index is built, so load the data first). halfvec => true indexes (column::halfvec(dim)), half the size, used by queries that order by that same expression. Runs as the caller, who must own the table; for CREATE INDEX CONCURRENTLY write the DDL yourself. An HNSW index is checked with pgvision.check_index once built: a WARNING says when sampled rows cannot be found by their own feature (rows loaded first as a group of their own), with the CLUSTER that mends it';
+'creates a pgvector index on a vector column and returns its name (in the table''s schema; default <table>_<column>_<method>_<metric>_idx). metric: cosine (<=>, the default, which the search functions then use), l2 (<->) or ip (<#>); method: hnsw (m, ef_construction; default 32 and 200, which the search functions read at hnsw.ef_search 200 from 10,000 rows, where m 16 needs 1000 on collections that mix kinds of pictures) or ivfflat (lists; default rows/1000 clamped to [10, 10000], counted when the index is built, so load the data first). halfvec => true indexes (column::halfvec(dim)), half the size, used by queries that order by that same expression. Runs as the caller, who must own the table; for CREATE INDEX CONCURRENTLY write the DDL yourself. An HNSW index is checked with pgvision.check_index once built: a WARNING says when sampled rows cannot be found by their own feature (rows loaded first as a group of their own), with the CLUSTER that mends it';
 
 -- The metric a search uses when none is given: the one the column is indexed for, so the
 -- query can use that index; with several, the default metric if one is indexed for it.
@@ -155,7 +155,9 @@ COMMENT ON FUNCTION pgvision._index_metric(regclass, name) IS
 
 -- The hnsw.ef_search the search functions use on a column's HNSW index: pgvector's largest
 -- (1000) for graphs of m below 32, whose search needs it on collections that mix kinds of
--- pictures, and 200 for m 32 and more (BENCHMARKS.md, figure 3, mixed collection of 100,000
+-- pictures, and for tables below 10,000 rows, where it costs a few ms (on 2,679 rows loaded
+-- photos first, m 32 at 200 missed 2 of 228 exact top-1 rows in one build); 200 for m 32 and
+-- more from 10,000 rows (BENCHMARKS.md, figure 3, mixed collection of 100,000
 -- rows loaded shuffled: m 32 at ef_search 200 agreed with an exact scan for
 -- 0.9955 of the queries at p50 7.4 ms; m 16 needs 1000 for 0.990, 20-29 ms). NULL without an HNSW index on the column itself (one over column::halfvec
 -- serves only queries on that expression).
@@ -169,6 +171,7 @@ BEGIN
         -- the smallest m of the column's own HNSW indexes (pgvector's default m is 16)
         SELECT CASE WHEN pg_catalog.min(coalesce((SELECT pg_catalog.split_part(r, '=', 2)::int
                                                   FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'm=%'), 16)) >= 32
+                         AND (SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = tbl) >= 10000
                     THEN 200 ELSE 1000 END
         FROM pg_catalog.pg_index i
         JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
@@ -180,7 +183,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision._index_ef_search(regclass, name) IS
-'internal: the hnsw.ef_search of the search functions'' scans of a column''s HNSW index: 1000 below m 32, 200 from m 32; NULL without one';
+'internal: the hnsw.ef_search of the search functions'' scans of a column''s HNSW index: 200 from m 32 on tables of 10,000 rows or more, else 1000; NULL without one';
 
 -- An HNSW graph can hold rows that no search reaches. pgvector builds it in the order the
 -- rows lie in the table, and each row links to rows that came before it; a group loaded
