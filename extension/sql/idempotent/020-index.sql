@@ -153,14 +153,37 @@ COMMENT ON FUNCTION pgvision._index_metric(regclass, name) IS
 'internal: the metric (l2, cosine or ip) of the pgvector index (hnsw or ivfflat) on a vector column, the default metric''s first when there are several; NULL without one';
 
 
--- The hnsw.ef_search the search functions use on a column's HNSW index: pgvector's largest
--- (1000) for graphs of m below 32, whose search needs it on collections that mix kinds of
+-- The hnsw.ef_search the search functions use on an HNSW index: pgvector's largest (1000)
+-- for graphs of m below 32, whose search needs it on collections that mix kinds of
 -- pictures, and for tables below 10,000 rows, where it costs a few ms (on 2,679 rows loaded
 -- photos first, m 32 at 200 missed 2 of 228 exact top-1 rows in one build); 200 for m 32 and
--- more from 10,000 rows (BENCHMARKS.md, figure 3, mixed collection of 100,000
--- rows loaded shuffled: m 32 at ef_search 200 agreed with an exact scan for
--- 0.9955 of the queries at p50 7.4 ms; m 16 needs 1000 for 0.990, 20-29 ms). NULL without an HNSW index on the column itself (one over column::halfvec
--- serves only queries on that expression).
+-- more from 10,000 rows (BENCHMARKS.md, figure 3, mixed collection of 100,000 rows loaded
+-- shuffled: m 32 at ef_search 200 agreed with an exact scan for 0.9955 of the queries at
+-- p50 7.4 ms; m 16 needs 1000 for 0.990, 20-29 ms).
+CREATE OR REPLACE FUNCTION pgvision._hnsw_ef_search(idx regclass)
+RETURNS int
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (
+        SELECT CASE WHEN coalesce((SELECT pg_catalog.split_part(r, '=', 2)::int
+                                   FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'm=%'), 16) >= 32  -- pgvector's default m
+                         AND t.reltuples >= 10000
+                    THEN 200 ELSE 1000 END
+        FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_catalog.pg_class t ON t.oid = i.indrelid
+        WHERE i.indexrelid = idx
+    );
+END
+$$;
+COMMENT ON FUNCTION pgvision._hnsw_ef_search(regclass) IS
+'internal: the hnsw.ef_search the search functions use on an HNSW index: 200 from m 32 on tables of 10,000 rows or more, else 1000';
+
+-- A column's: the largest of its own HNSW indexes' (the planner may take any of them); NULL
+-- without one on the column itself (one over column::halfvec serves only queries on that
+-- expression).
 CREATE OR REPLACE FUNCTION pgvision._index_ef_search(tbl regclass, column_name name)
 RETURNS int
 LANGUAGE plpgsql STABLE PARALLEL SAFE
@@ -168,22 +191,17 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN (
-        -- the smallest m of the column's own HNSW indexes (pgvector's default m is 16)
-        SELECT CASE WHEN pg_catalog.min(coalesce((SELECT pg_catalog.split_part(r, '=', 2)::int
-                                                  FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'm=%'), 16)) >= 32
-                         AND (SELECT c.reltuples FROM pg_catalog.pg_class c WHERE c.oid = tbl) >= 10000
-                    THEN 200 ELSE 1000 END
+        SELECT pg_catalog.max(pgvision._hnsw_ef_search(i.indexrelid))
         FROM pg_catalog.pg_index i
         JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
         JOIN pg_catalog.pg_am am ON am.oid = ic.relam
         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
         WHERE i.indrelid = tbl AND a.attname = column_name AND am.amname = 'hnsw' AND i.indisvalid
-        HAVING pg_catalog.count(*) > 0
     );
 END
 $$;
 COMMENT ON FUNCTION pgvision._index_ef_search(regclass, name) IS
-'internal: the hnsw.ef_search of the search functions'' scans of a column''s HNSW index: 200 from m 32 on tables of 10,000 rows or more, else 1000; NULL without one';
+'internal: the hnsw.ef_search of the search functions'' scans of a column''s HNSW indexes (pgvision._hnsw_ef_search, the largest); NULL without one';
 
 -- An HNSW graph can hold rows that no search reaches. pgvector builds it in the order the
 -- rows lie in the table, and each row links to rows that came before it; a group loaded
@@ -236,7 +254,9 @@ BEGIN
     _rel := pgvision._rel_name(_i.tbl);
     _key := CASE WHEN _i.keynum <> 0 THEN pg_catalog.quote_ident(_i.col) ELSE pg_catalog.pg_get_indexdef(idx, 1, false) END;
     _op := pg_catalog.format('OPERATOR(%I.%s)', pgvision._vector_schema(), (SELECT m.operator FROM pgvision._metric(_i.metric) m));
-    _ef := pgvision._index_ef_search(_i.tbl, _i.col);
+    -- the search functions' on this column, or this index's own where they do not read it
+    -- (an index over column::halfvec)
+    _ef := GREATEST(pgvision._hnsw_ef_search(idx), pgvision._index_ef_search(_i.tbl, _i.col));
 
     PERFORM pg_catalog.set_config('hnsw.ef_search', _ef::text, true);
     PERFORM pg_catalog.set_config('enable_seqscan', 'off', true);  -- the index, even on a few rows
