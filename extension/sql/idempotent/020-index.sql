@@ -121,6 +121,35 @@ $$;
 COMMENT ON FUNCTION pgvision.create_index(regclass, name, text, text, int, int, int, boolean, text) IS
 'creates a pgvector index on a vector column and returns its name (in the table''s schema; default <table>_<column>_<method>_<metric>_idx). metric: cosine (<=>, the default, which the search functions then use), l2 (<->) or ip (<#>); method: hnsw (m, ef_construction; default 32 and 200, which the search functions read at hnsw.ef_search 200 from 10,000 rows, where m 16 needs 1000 on collections that mix kinds of pictures) or ivfflat (lists; default rows/1000 clamped to [10, 10000], counted when the index is built, so load the data first). halfvec => true indexes (column::halfvec(dim)), half the size, used by queries that order by that same expression. Runs as the caller, who must own the table; for CREATE INDEX CONCURRENTLY write the DDL yourself. An HNSW index is checked with pgvision.check_index once built: a WARNING says when sampled rows cannot be found by their own feature (rows loaded first as a group of their own), with the CLUSTER that mends it';
 
+-- A column's own valid pgvector indexes (not one over column::halfvec, which serves only
+-- queries on that expression), oldest first: what the search functions read for their
+-- metric, hnsw.ef_search and ivfflat.probes at every search.
+CREATE OR REPLACE FUNCTION pgvision._column_indexes(tbl regclass, column_name name)
+RETURNS TABLE (idx oid, method text, metric text, is_default boolean, m int, lists int)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+        SELECT i.indexrelid, am.amname::text, mt.metric, mt.is_default,
+               (SELECT pg_catalog.split_part(r, '=', 2)::int FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'm=%'),
+               (SELECT pg_catalog.split_part(r, '=', 2)::int FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'lists=%')
+        FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+        JOIN pg_catalog.pg_opclass o ON o.oid = i.indclass[0]
+        JOIN pg_catalog.pg_namespace n ON n.oid = o.opcnamespace
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        JOIN pgvision._metrics() mt ON o.opcname = 'vector_' || mt.opclass
+        WHERE i.indrelid = tbl AND a.attname = column_name AND i.indisvalid
+          AND am.amname IN ('hnsw', 'ivfflat') AND n.nspname = pgvision._vector_schema()
+        ORDER BY i.indexrelid;
+END
+$$;
+COMMENT ON FUNCTION pgvision._column_indexes(regclass, name) IS
+'internal: the valid HNSW and IVFFlat indexes on a vector column itself, oldest first: index, method, metric, whether it is the default metric, m and lists (NULL where pgvector''s default applies)';
+
 -- The metric a search uses when none is given: the one the column is indexed for, so the
 -- query can use that index; with several, the default metric if one is indexed for it.
 -- A column without a pgvector index (a small table, a sharded table whose indexes live on
@@ -133,18 +162,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN (
-        SELECT m.metric
-        FROM pg_catalog.pg_index i
-        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
-        JOIN pg_catalog.pg_opclass o ON o.oid = i.indclass[0]
-        JOIN pg_catalog.pg_namespace n ON n.oid = o.opcnamespace
-        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-        JOIN pgvision._metrics() m ON o.opcname = 'vector_' || m.opclass
-        WHERE i.indrelid = _index_metric.tbl AND a.attname = _index_metric.column_name
-          AND i.indisvalid AND am.amname IN ('hnsw', 'ivfflat')
-          AND n.nspname = pgvision._vector_schema()
-        ORDER BY m.is_default DESC, i.indexrelid  -- several: the default metric's, else the oldest
+        SELECT c.metric FROM pgvision._column_indexes(tbl, column_name) c
+        ORDER BY c.is_default DESC, c.idx  -- several: the default metric's, else the oldest
         LIMIT 1
     );
 END
@@ -160,30 +179,20 @@ COMMENT ON FUNCTION pgvision._index_metric(regclass, name) IS
 -- more from 10,000 rows (BENCHMARKS.md, figure 3, mixed collection of 100,000 rows loaded
 -- shuffled: m 32 at ef_search 200 agreed with an exact scan for 0.9955 of the queries at
 -- p50 7.4 ms; m 16 needs 1000 for 0.990, 20-29 ms).
-CREATE OR REPLACE FUNCTION pgvision._hnsw_ef_search(idx regclass)
+CREATE OR REPLACE FUNCTION pgvision._hnsw_ef_search(m int, reltuples real)
 RETURNS int
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RETURN (
-        SELECT CASE WHEN coalesce((SELECT pg_catalog.split_part(r, '=', 2)::int
-                                   FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'm=%'), 16) >= 32  -- pgvector's default m
-                         AND t.reltuples >= 10000
-                    THEN 200 ELSE 1000 END
-        FROM pg_catalog.pg_index i
-        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-        JOIN pg_catalog.pg_class t ON t.oid = i.indrelid
-        WHERE i.indexrelid = idx
-    );
+    RETURN CASE WHEN coalesce(m, 16) >= 32 AND reltuples >= 10000 THEN 200 ELSE 1000 END;  -- pgvector's default m is 16
 END
 $$;
-COMMENT ON FUNCTION pgvision._hnsw_ef_search(regclass) IS
-'internal: the hnsw.ef_search the search functions use on an HNSW index: 200 from m 32 on tables of 10,000 rows or more, else 1000';
+COMMENT ON FUNCTION pgvision._hnsw_ef_search(int, real) IS
+'internal: the hnsw.ef_search the search functions use on an HNSW graph of m (NULL: pgvector''s default, 16) over a table of reltuples rows: 200 from m 32 and 10,000 rows, else 1000';
 
 -- A column's: the largest of its own HNSW indexes' (the planner may take any of them); NULL
--- without one on the column itself (one over column::halfvec serves only queries on that
--- expression).
+-- without one.
 CREATE OR REPLACE FUNCTION pgvision._index_ef_search(tbl regclass, column_name name)
 RETURNS int
 LANGUAGE plpgsql STABLE PARALLEL SAFE
@@ -191,17 +200,15 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN (
-        SELECT pg_catalog.max(pgvision._hnsw_ef_search(i.indexrelid))
-        FROM pg_catalog.pg_index i
-        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
-        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-        WHERE i.indrelid = tbl AND a.attname = column_name AND am.amname = 'hnsw' AND i.indisvalid
+        SELECT pg_catalog.max(pgvision._hnsw_ef_search(c.m, t.reltuples))
+        FROM pgvision._column_indexes(tbl, column_name) c
+        JOIN pg_catalog.pg_class t ON t.oid = tbl
+        WHERE c.method = 'hnsw'
     );
 END
 $$;
 COMMENT ON FUNCTION pgvision._index_ef_search(regclass, name) IS
-'internal: the hnsw.ef_search of the search functions'' scans of a column''s HNSW indexes (pgvision._hnsw_ef_search, the largest); NULL without one';
+'internal: the hnsw.ef_search of the search functions'' scans of a column''s own HNSW indexes (pgvision._hnsw_ef_search, the largest); NULL without one';
 
 -- An HNSW graph can hold rows that no search reaches. pgvector builds it in the order the
 -- rows lie in the table, and each row links to rows that came before it; a group loaded
@@ -238,7 +245,7 @@ BEGIN
         RAISE EXCEPTION 'sample must be between 2 and 10000, not %', sample
             USING ERRCODE = 'invalid_parameter_value', HINT = 'it is the number of rows searched for, half from the table''s first twentieth';
     END IF;
-    SELECT i.indrelid::regclass AS tbl, s.index_name, s.metric, a.attname AS col, i.indkey[0] AS keynum
+    SELECT i.indrelid::regclass AS tbl, s.index_name, s.metric, s.m, t.reltuples, a.attname AS col, i.indkey[0] AS keynum
     INTO _i
     FROM pg_catalog.pg_index i
     JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
@@ -256,7 +263,7 @@ BEGIN
     _op := pg_catalog.format('OPERATOR(%I.%s)', pgvision._vector_schema(), (SELECT m.operator FROM pgvision._metric(_i.metric) m));
     -- the search functions' on this column, or this index's own where they do not read it
     -- (an index over column::halfvec)
-    _ef := GREATEST(pgvision._hnsw_ef_search(idx), pgvision._index_ef_search(_i.tbl, _i.col));
+    _ef := GREATEST(pgvision._hnsw_ef_search(_i.m, _i.reltuples), pgvision._index_ef_search(_i.tbl, _i.col));
 
     PERFORM pg_catalog.set_config('hnsw.ef_search', _ef::text, true);
     PERFORM pg_catalog.set_config('enable_seqscan', 'off', true);  -- the index, even on a few rows

@@ -273,20 +273,10 @@ BEGIN
     RETURN (
         SELECT LEAST(l.lists, GREATEST(coalesce(pg_catalog.current_setting('ivfflat.probes', true), '1')::int,
                                        pg_catalog.ceil(2 * pg_catalog.sqrt(l.lists))::int))
-        -- the column's own IVFFlat indexes for the metric, read directly: this runs at every
-        -- search (pgvector's default lists is 100)
-        FROM pg_catalog.pg_index i
-        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
-        JOIN pg_catalog.pg_opclass o ON o.oid = i.indclass[0]
-        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-        CROSS JOIN LATERAL (SELECT coalesce((SELECT pg_catalog.split_part(r, '=', 2)::int
-                                             FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'lists=%'), 100) AS lists) l
-        WHERE i.indrelid = tbl AND a.attname = feature_column AND am.amname = 'ivfflat' AND i.indisvalid
-          AND o.opcname = 'vector_' || (SELECT m.opclass FROM pgvision._metrics() m WHERE m.metric = _search_probes.metric)
-          AND o.opcnamespace::pg_catalog.regnamespace::text = pg_catalog.quote_ident(pgvision._vector_schema())
-        ORDER BY l.lists DESC
-        LIMIT 1
+        FROM (SELECT coalesce(c.lists, 100) AS lists  -- pgvector's default lists
+              FROM pgvision._column_indexes(tbl, feature_column) c
+              WHERE c.method = 'ivfflat' AND c.metric = _search_probes.metric
+              ORDER BY 1 DESC LIMIT 1) l
     );
 END
 $$;
@@ -327,14 +317,9 @@ DECLARE
     -- Without a filter, the HNSW or IVFFlat index of a table at or above the exact scan's
     -- size: at ef_search 1000 (or many probes) the planner would rather sort a table of a few
     -- thousand rows, which is exact but slower (BENCHMARKS.md, figure 3).
-    _index boolean := NOT _scan.exact AND filter IS NULL AND EXISTS (
-        SELECT FROM pg_catalog.pg_index i
-        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
-        JOIN pg_catalog.pg_class t ON t.oid = i.indrelid
-        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-        WHERE i.indrelid = tbl AND a.attname = feature_column AND am.amname IN ('hnsw', 'ivfflat') AND i.indisvalid
-          AND t.relkind IN ('r', 'm'));
+    _index boolean := NOT _scan.exact AND filter IS NULL
+                      AND EXISTS (SELECT FROM pgvision._column_indexes(tbl, feature_column))
+                      AND EXISTS (SELECT FROM pg_catalog.pg_class t WHERE t.oid = tbl AND t.relkind IN ('r', 'm'));
 BEGIN
     IF _ef IS DISTINCT FROM _scan.ef_search::text THEN
         PERFORM pg_catalog.set_config('hnsw.ef_search', _scan.ef_search::text, true);
