@@ -16,7 +16,7 @@ $$;
 
 -- The catalog lookups every search makes are plpgsql, not sql: a SQL function with a SET
 -- clause is never inlined and is planned again at each call (about 2 ms for
--- _switch_indexes), where plpgsql keeps its plans for the session.
+-- the reader of a column's indexes), where plpgsql keeps its plans for the session.
 
 -- pgvector is relocatable, so its schema is looked up when it is needed, not at install time.
 CREATE OR REPLACE FUNCTION pgvision._vector_schema()
@@ -219,6 +219,47 @@ END
 $$;
 COMMENT ON FUNCTION pgvision._metric(text, text) IS
 'internal: the row of pgvision._metrics() for a metric name (any case), or invalid_parameter_value';
+
+-- The one reader of a vector column's pgvector indexes (every search reads it, for its
+-- metric, hnsw.ef_search and ivfflat.probes; switch_model, to build the same on the new
+-- column; check_index): valid, not partial, on the column itself (on_column: what a query
+-- ordering by the column can use) or on an expression over it (the halfvec cast), oldest
+-- first. m, ef_construction and lists are NULL where pgvector's default applies.
+CREATE OR REPLACE FUNCTION pgvision._column_indexes(tbl regclass, column_name name)
+RETURNS TABLE (idx oid, index_name name, method text, metric text, is_default boolean, on_column boolean,
+               halfvec boolean, m int, ef_construction int, lists int)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+        SELECT i.indexrelid, ic.relname, am.amname::text, mt.metric, mt.is_default, i.indkey[0] <> 0,
+               o.opcname LIKE 'halfvec\_%',
+               (SELECT pg_catalog.split_part(r, '=', 2)::int FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'm=%'),
+               (SELECT pg_catalog.split_part(r, '=', 2)::int FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'ef\_construction=%'),
+               (SELECT pg_catalog.split_part(r, '=', 2)::int FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'lists=%')
+        FROM pg_catalog.pg_attribute a
+        JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid
+        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+        JOIN pg_catalog.pg_opclass o ON o.oid = i.indclass[0]
+        JOIN pg_catalog.pg_namespace n ON n.oid = o.opcnamespace
+        JOIN pgvision._metrics() mt ON o.opcname IN ('vector_' || mt.opclass, 'halfvec_' || mt.opclass)
+        WHERE a.attrelid = tbl AND a.attname = column_name AND a.attnum > 0 AND NOT a.attisdropped
+          AND i.indnatts = 1 AND i.indisvalid AND i.indpred IS NULL
+          AND am.amname IN ('hnsw', 'ivfflat') AND n.nspname = pgvision._vector_schema()
+          AND (i.indkey[0] = a.attnum
+               OR (i.indkey[0] = 0 AND EXISTS (
+                      SELECT FROM pg_catalog.pg_depend d
+                      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = i.indexrelid
+                        AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                        AND d.refobjid = tbl AND d.refobjsubid = a.attnum)))
+        ORDER BY i.indexrelid;
+END
+$$;
+COMMENT ON FUNCTION pgvision._column_indexes(regclass, name) IS
+'internal: the valid, non-partial pgvector indexes (hnsw, ivfflat) of a vector column or of an expression over it (the halfvec cast), oldest first: oid, name, method, metric, whether that metric is the default, whether it is on the column itself, halfvec, and m, ef_construction, lists (NULL: pgvector''s default)';
 
 -- ---------------------------------------------------------------------------------------
 -- The scale-out hook. Core (search) asks it about every table and never names the

@@ -178,8 +178,8 @@ BEGIN
         PERFORM pgvision._switch_none(tbl, feature_column);
     END IF;
     FOR _i IN
-        SELECT o.* FROM pgvision._switch_indexes(tbl, feature_column) o
-        WHERE NOT EXISTS (SELECT FROM pgvision._switch_indexes(tbl, _s.new_column) n
+        SELECT o.* FROM pgvision._column_indexes(tbl, feature_column) o
+        WHERE NOT EXISTS (SELECT FROM pgvision._column_indexes(tbl, _s.new_column) n
                           WHERE n.method = o.method AND n.metric = o.metric AND n.halfvec = o.halfvec)
     LOOP
         PERFORM pgvision.create_index(tbl, _s.new_column, _i.metric, _i.method,
@@ -193,42 +193,6 @@ END
 $$;
 COMMENT ON FUNCTION pgvision._switch_model_indexes(regclass, name) IS
 'internal: builds on the new column of a switch an index like each pgvector index of the column it replaces that it lacks; returns how many';
-
--- The pgvector indexes of a vector column (plain or over column::halfvec), as create_index
--- would be told to build them.
-CREATE OR REPLACE FUNCTION pgvision._switch_indexes(tbl regclass, column_name name)
-RETURNS TABLE (index_name name, method text, metric text, halfvec boolean, m int, ef_construction int, lists int)
-LANGUAGE plpgsql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-BEGIN
-    RETURN QUERY
-        SELECT ic.relname, am.amname::text, mt.metric, o.opcname LIKE 'halfvec\_%',
-               (SELECT pg_catalog.split_part(r, '=', 2)::int FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'm=%'),
-               (SELECT pg_catalog.split_part(r, '=', 2)::int FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'ef\_construction=%'),
-               (SELECT pg_catalog.split_part(r, '=', 2)::int FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'lists=%')
-        FROM pg_catalog.pg_index i
-        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
-        JOIN pg_catalog.pg_opclass o ON o.oid = i.indclass[0]
-        JOIN pg_catalog.pg_namespace n ON n.oid = o.opcnamespace
-        JOIN pgvision._metrics() mt ON o.opcname IN ('vector_' || mt.opclass, 'halfvec_' || mt.opclass)
-        JOIN pgvision._column(tbl, column_name) c ON true
-        WHERE i.indrelid = tbl AND i.indnatts = 1 AND i.indisvalid AND i.indpred IS NULL
-          AND am.amname IN ('hnsw', 'ivfflat') AND n.nspname = pgvision._vector_schema()
-          -- the column itself, or an expression over it (the halfvec cast)
-          AND (i.indkey[0] = c.num
-               OR (i.indkey[0] = 0 AND EXISTS (
-                      SELECT FROM pg_catalog.pg_depend d
-                      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = i.indexrelid
-                        AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                        AND d.refobjid = tbl AND d.refobjsubid = c.num)))
-        ORDER BY i.indexrelid;
-END
-$$;
-COMMENT ON FUNCTION pgvision._switch_indexes(regclass, name) IS
-'internal: the valid pgvector indexes (hnsw, ivfflat) of a vector column or of its halfvec cast: name, method, metric, halfvec, and their m, ef_construction, lists';
 
 -- The backfill bookkeeping of a column (pgvision.backfill_progress, backfill_errors) is
 -- kept by its name: switch_model_finish takes a column's rows out before it renames the
@@ -334,8 +298,8 @@ BEGIN
     -- so that no write slips in between the renames.
     EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', _rel);
     -- index names: each new index takes the name of the old one it stands in for
-    FOR _old IN SELECT * FROM pgvision._switch_indexes(tbl, feature_column) LOOP
-        SELECT * INTO _new FROM pgvision._switch_indexes(tbl, _s.new_column) n
+    FOR _old IN SELECT * FROM pgvision._column_indexes(tbl, feature_column) LOOP
+        SELECT * INTO _new FROM pgvision._column_indexes(tbl, _s.new_column) n
         WHERE n.method = _old.method AND n.metric = _old.metric AND n.halfvec = _old.halfvec
           AND NOT n.index_name = ANY (_renames)
         LIMIT 1;

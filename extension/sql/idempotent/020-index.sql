@@ -121,35 +121,6 @@ $$;
 COMMENT ON FUNCTION pgvision.create_index(regclass, name, text, text, int, int, int, boolean, text) IS
 'creates a pgvector index on a vector column and returns its name (in the table''s schema; default <table>_<column>_<method>_<metric>_idx). metric: cosine (<=>, the default, which the search functions then use), l2 (<->) or ip (<#>); method: hnsw (m, ef_construction; default 32 and 200, which the search functions read at hnsw.ef_search 200 from 10,000 rows, where m 16 needs 1000 on collections that mix kinds of pictures) or ivfflat (lists; default rows/1000 clamped to [10, 10000], counted when the index is built, so load the data first). halfvec => true indexes (column::halfvec(dim)), half the size, used by queries that order by that same expression. Runs as the caller, who must own the table; for CREATE INDEX CONCURRENTLY write the DDL yourself. An HNSW index is checked with pgvision.check_index once built: a WARNING says when sampled rows cannot be found by their own feature (rows loaded first as a group of their own), with the CLUSTER that mends it';
 
--- A column's own valid pgvector indexes (not one over column::halfvec, which serves only
--- queries on that expression), oldest first: what the search functions read for their
--- metric, hnsw.ef_search and ivfflat.probes at every search.
-CREATE OR REPLACE FUNCTION pgvision._column_indexes(tbl regclass, column_name name)
-RETURNS TABLE (idx oid, method text, metric text, is_default boolean, m int, lists int)
-LANGUAGE plpgsql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-BEGIN
-    RETURN QUERY
-        SELECT i.indexrelid, am.amname::text, mt.metric, mt.is_default,
-               (SELECT pg_catalog.split_part(r, '=', 2)::int FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'm=%'),
-               (SELECT pg_catalog.split_part(r, '=', 2)::int FROM pg_catalog.unnest(ic.reloptions) r WHERE r LIKE 'lists=%')
-        FROM pg_catalog.pg_index i
-        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-        JOIN pg_catalog.pg_am am ON am.oid = ic.relam
-        JOIN pg_catalog.pg_opclass o ON o.oid = i.indclass[0]
-        JOIN pg_catalog.pg_namespace n ON n.oid = o.opcnamespace
-        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-        JOIN pgvision._metrics() mt ON o.opcname = 'vector_' || mt.opclass
-        WHERE i.indrelid = tbl AND a.attname = column_name AND i.indisvalid
-          AND am.amname IN ('hnsw', 'ivfflat') AND n.nspname = pgvision._vector_schema()
-        ORDER BY i.indexrelid;
-END
-$$;
-COMMENT ON FUNCTION pgvision._column_indexes(regclass, name) IS
-'internal: the valid HNSW and IVFFlat indexes on a vector column itself, oldest first: index, method, metric, whether it is the default metric, m and lists (NULL where pgvector''s default applies)';
-
 -- The metric a search uses when none is given: the one the column is indexed for, so the
 -- query can use that index; with several, the default metric if one is indexed for it.
 -- A column without a pgvector index (a small table, a sharded table whose indexes live on
@@ -163,6 +134,7 @@ AS $$
 BEGIN
     RETURN (
         SELECT c.metric FROM pgvision._column_indexes(tbl, column_name) c
+        WHERE c.on_column
         ORDER BY c.is_default DESC, c.idx  -- several: the default metric's, else the oldest
         LIMIT 1
     );
@@ -203,7 +175,7 @@ BEGIN
         SELECT pg_catalog.max(pgvision._hnsw_ef_search(c.m, t.reltuples))
         FROM pgvision._column_indexes(tbl, column_name) c
         JOIN pg_catalog.pg_class t ON t.oid = tbl
-        WHERE c.method = 'hnsw'
+        WHERE c.method = 'hnsw' AND c.on_column
     );
 END
 $$;
@@ -248,11 +220,10 @@ BEGIN
     SELECT i.indrelid::regclass AS tbl, s.index_name, s.metric, s.m, t.reltuples, a.attname AS col, i.indkey[0] AS keynum
     INTO _i
     FROM pg_catalog.pg_index i
-    JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
     JOIN pg_catalog.pg_class t ON t.oid = i.indrelid
     JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum > 0 AND NOT a.attisdropped
-    JOIN LATERAL pgvision._switch_indexes(i.indrelid, a.attname) s ON s.index_name = ic.relname
-    WHERE i.indexrelid = idx AND s.method = 'hnsw' AND t.relkind IN ('r', 'm');
+    JOIN LATERAL pgvision._column_indexes(i.indrelid, a.attname) s ON s.idx = i.indexrelid
+    WHERE i.indexrelid = check_index.idx AND s.method = 'hnsw' AND t.relkind IN ('r', 'm');
     IF NOT FOUND THEN
         RAISE EXCEPTION '% is not an HNSW index of a vector column', idx
             USING ERRCODE = 'wrong_object_type',

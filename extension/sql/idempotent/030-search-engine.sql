@@ -275,7 +275,7 @@ BEGIN
                                        pg_catalog.ceil(2 * pg_catalog.sqrt(l.lists))::int))
         FROM (SELECT coalesce(c.lists, 100) AS lists  -- pgvector's default lists
               FROM pgvision._column_indexes(tbl, feature_column) c
-              WHERE c.method = 'ivfflat' AND c.metric = _search_probes.metric
+              WHERE c.method = 'ivfflat' AND c.on_column AND c.metric = _search_probes.metric
               ORDER BY 1 DESC LIMIT 1) l
     );
 END
@@ -318,7 +318,7 @@ DECLARE
     -- size: at ef_search 1000 (or many probes) the planner would rather sort a table of a few
     -- thousand rows, which is exact but slower (BENCHMARKS.md, figure 3).
     _index boolean := NOT _scan.exact AND filter IS NULL
-                      AND EXISTS (SELECT FROM pgvision._column_indexes(tbl, feature_column))
+                      AND EXISTS (SELECT FROM pgvision._column_indexes(tbl, feature_column) c WHERE c.on_column)
                       AND EXISTS (SELECT FROM pg_catalog.pg_class t WHERE t.oid = tbl AND t.relkind IN ('r', 'm'));
 BEGIN
     IF _ef IS DISTINCT FROM _scan.ef_search::text THEN
