@@ -62,12 +62,7 @@ with common.Server("load-order", 55442, search.MIXED_SETTINGS) as server:
         with psycopg.connect(ci, autocommit=True) as c:
             register_vector(c)
             msgs = notices(c)
-            c.execute(f"CREATE TABLE {t} (id bigint PRIMARY KEY, feature vector(1280) NOT NULL)")
-            with c.cursor() as cur, cur.copy(f"COPY {t} (id, feature) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["int8", "vector"])
-                for i, f in enumerate(rows):
-                    copy.write_row((i, f))
-            c.execute(f"VACUUM ANALYZE {t}")
+            search.mixed_table(c, t, rows)
             s = time.perf_counter()
             name = c.execute(f"SELECT pgvision.create_index('{t}', 'feature')").fetchone()[0]
             build = time.perf_counter() - s

@@ -451,6 +451,18 @@ def mixed_truth(rows, queries):
     return np.array(ids), np.array(dist), u64, uq.astype(np.float64)
 
 
+def mixed_table(c, table, rows):
+    """Creates ``table`` (id = position, feature) on connection ``c`` (with pgvector's
+    adapter registered) from ``rows``, loaded by binary COPY in that order, then vacuumed
+    and analyzed."""
+    c.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, feature vector(1280) NOT NULL)")
+    with c.cursor() as cur, cur.copy(f"COPY {table} (id, feature) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(["int8", "vector"])
+        for i, f in enumerate(rows):
+            copy.write_row((i, f))
+    c.execute(f"VACUUM ANALYZE {table}")
+
+
 def mixed_index(conninfo, table, rows, args):
     """A table of ``rows`` (id = position) with a cosine index from pgvision.create_index
     (``args``: its arguments after the column, its defaults when empty); returns the index's
@@ -459,12 +471,7 @@ def mixed_index(conninfo, table, rows, args):
 
     with psycopg.connect(conninfo, autocommit=True) as c:
         register_vector(c)
-        c.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, feature vector(1280) NOT NULL)")
-        with c.cursor() as cur, cur.copy(f"COPY {table} (id, feature) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(["int8", "vector"])
-            for i, f in enumerate(rows):
-                copy.write_row((i, f))
-        c.execute(f"VACUUM ANALYZE {table}")
+        mixed_table(c, table, rows)
         with common.Clock() as clock:
             name = c.execute(f"SELECT pgvision.create_index('{table}', 'feature'{args})").fetchone()[0]
         c.execute("SELECT pg_prewarm(%s::regclass)", [name])
