@@ -624,7 +624,7 @@ def mixed_report(mx):
         "shared 2-core machine while other jobs ran: compare the rows of one table, not across "
         "tables. pgvision.search_vector reads a table below 1,500 rows exactly and a larger one "
         "through its HNSW index at hnsw.ef_search 1000 for m below 32, 200 from m 32 "
-        "(pgvision._index_ef_search; the plain-SQL row at that ef_search plus the function's own "
+        "(pgvision._hnsw_ef_search; the plain-SQL row at that ef_search plus the function's own "
         "work), or its IVFFlat index at ivfflat.probes 2·sqrt(lists) (rows `pgvision.search_vector, "
         "ivfflat, ...`: the same table as the IVFFlat rows). Runs marked with a note were added "
         "later with `--mixed-append`; create_index's default was m 16 / ef_construction 64 (and "

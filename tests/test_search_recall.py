@@ -139,7 +139,9 @@ def test_ef_search_is_raised_and_the_session_keeps_its_own(conn, collection):
     assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "10"
 
 
-def test_a_large_table_of_m_32_is_read_at_200_and_one_of_m_16_at_1000(conn):
+def wide_table(conn):
+    """recall_wide: 10,000 random 16-d rows under create_index's HNSW defaults (m 32), read
+    at ef_search 200; returns a query vector."""
     import numpy as np
     rng = np.random.default_rng(5)
     conn.execute("DROP TABLE IF EXISTS recall_wide")
@@ -149,7 +151,11 @@ def test_a_large_table_of_m_32_is_read_at_200_and_one_of_m_16_at_1000(conn):
         for i, f in enumerate(rng.standard_normal((10000, 16)).astype(np.float32)):
             cp.write_row((i, f))
     conn.execute("SELECT pgvision.create_index('recall_wide', 'feature')")
-    q = "[" + ",".join(["0.5"] * 16) + "]"
+    return "[" + ",".join(["0.5"] * 16) + "]"
+
+
+def test_a_large_table_of_m_32_is_read_at_200_and_one_of_m_16_at_1000(conn):
+    q = wide_table(conn)
     assert settings_inside(conn, "recall_wide", q)[0] == 200
     with conn.transaction():
         conn.execute("CREATE INDEX recall_wide_m16 ON recall_wide USING hnsw (feature vector_cosine_ops) WITH (m = 16)")
@@ -159,6 +165,25 @@ def test_a_large_table_of_m_32_is_read_at_200_and_one_of_m_16_at_1000(conn):
     with conn.transaction():
         conn.execute("SET LOCAL hnsw.ef_search = 400")
         assert settings_inside(conn, "recall_wide", q)[0] == 400  # a larger one is kept
+
+
+def test_k_beyond_ef_search_gets_k_rows_and_the_session_keeps_its_iterative_scan(conn):
+    """Without a filter the HNSW scan is iterative only when k reaches ef_search (an HNSW
+    scan that is not iterative stops at ef_search rows); the session's setting is back after."""
+    q = wide_table(conn)
+    assert settings_inside(conn, "recall_wide", q)[0] == 200
+    for session in ("off", "strict_order"):
+        conn.execute(f"SET hnsw.iterative_scan = {session}")
+        for k in (10, 199, 200, 450):
+            rows = conn.execute("SELECT rank, distance FROM pgvision.search_vector('recall_wide', %s::vector, %s)",
+                                [q, k]).fetchall()
+            assert [r[0] for r in rows] == list(range(1, k + 1))
+            assert [r[1] for r in rows] == sorted(r[1] for r in rows)
+            assert conn.execute("SHOW hnsw.iterative_scan").fetchone()[0] == session
+        with conn.transaction():  # the function's own setting, not the session's, inside
+            got = conn.execute("SELECT count(*) FROM pgvision.search_like('recall_wide', 7, 200)").fetchone()[0]
+            assert got == 200  # 201 rows read, the row itself left out
+    conn.execute("RESET hnsw.iterative_scan")
 
 
 def test_small_table_scan_and_the_session_afterwards(conn, collection):

@@ -132,7 +132,7 @@ def test_a_full_switch(conn, table, rows):
     now = dict(indexes(conn))
     assert "USING hnsw (feature vector_cosine_ops) WITH (m='32', ef_construction='200')" in now["sm_t_feature_hnsw_cosine_idx"]
     assert "(feature_previous vector_cosine_ops)" in now["sm_t_feature_previous_hnsw_cosine_idx"]
-    assert conn.execute("SELECT pgvision._index_metric('sm_t', 'feature')").fetchone()[0] == "cosine"
+    assert conn.execute("SELECT (pgvision._search_scan('sm_t', 'feature', NULL)).metric").fetchone()[0] == "cosine"
     # no trigger left behind, the bookkeeping follows the columns
     assert triggers(conn) == []
     progress = conn.execute("SELECT feature_column, model FROM pgvision.backfill_progress"

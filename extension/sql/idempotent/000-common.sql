@@ -232,6 +232,8 @@ LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
+DECLARE
+    _vs text := pgvision._vector_schema();  -- once, not a call for each row
 BEGIN
     RETURN QUERY
         SELECT i.indexrelid, ic.relname, am.amname::text, mt.metric, mt.is_default, i.indkey[0] <> 0,
@@ -248,7 +250,7 @@ BEGIN
         JOIN pgvision._metrics() mt ON o.opcname IN ('vector_' || mt.opclass, 'halfvec_' || mt.opclass)
         WHERE a.attrelid = tbl AND a.attname = column_name AND a.attnum > 0 AND NOT a.attisdropped
           AND i.indnatts = 1 AND i.indisvalid AND i.indpred IS NULL
-          AND am.amname IN ('hnsw', 'ivfflat') AND n.nspname = pgvision._vector_schema()
+          AND am.amname IN ('hnsw', 'ivfflat') AND n.nspname = _vs
           AND (i.indkey[0] = a.attnum
                OR (i.indkey[0] = 0 AND EXISTS (
                       SELECT FROM pg_catalog.pg_depend d

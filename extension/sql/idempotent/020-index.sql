@@ -121,28 +121,6 @@ $$;
 COMMENT ON FUNCTION pgvision.create_index(regclass, name, text, text, int, int, int, boolean, text) IS
 'creates a pgvector index on a vector column and returns its name (in the table''s schema; default <table>_<column>_<method>_<metric>_idx). metric: cosine (<=>, the default, which the search functions then use), l2 (<->) or ip (<#>); method: hnsw (m, ef_construction; default 32 and 200, which the search functions read at hnsw.ef_search 200 from 10,000 rows, where m 16 needs 1000 on collections that mix kinds of pictures) or ivfflat (lists; default rows/1000 clamped to [10, 10000], counted when the index is built, so load the data first). halfvec => true indexes (column::halfvec(dim)), half the size, used by queries that order by that same expression. Runs as the caller, who must own the table; for CREATE INDEX CONCURRENTLY write the DDL yourself. An HNSW index is checked with pgvision.check_index once built: a WARNING says when sampled rows cannot be found by their own feature (rows loaded first as a group of their own), with the CLUSTER that mends it';
 
--- The metric a search uses when none is given: the one the column is indexed for, so the
--- query can use that index; with several, the default metric if one is indexed for it.
--- A column without a pgvector index (a small table, a sharded table whose indexes live on
--- the shards) gets pgvision._default_metric(), which is also what create_index and
--- create_sharded_table build when not told.
-CREATE OR REPLACE FUNCTION pgvision._index_metric(tbl regclass, column_name name)
-RETURNS text
-LANGUAGE plpgsql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    RETURN (
-        SELECT c.metric FROM pgvision._column_indexes(tbl, column_name) c
-        WHERE c.on_column
-        ORDER BY c.is_default DESC, c.idx  -- several: the default metric's, else the oldest
-        LIMIT 1
-    );
-END
-$$;
-COMMENT ON FUNCTION pgvision._index_metric(regclass, name) IS
-'internal: the metric (l2, cosine or ip) of the pgvector index (hnsw or ivfflat) on a vector column, the default metric''s first when there are several; NULL without one';
-
 
 -- The hnsw.ef_search the search functions use on an HNSW index: pgvector's largest (1000)
 -- for graphs of m below 32, whose search needs it on collections that mix kinds of
@@ -162,25 +140,6 @@ END
 $$;
 COMMENT ON FUNCTION pgvision._hnsw_ef_search(int, real) IS
 'internal: the hnsw.ef_search the search functions use on an HNSW graph of m (NULL: pgvector''s default, 16) over a table of reltuples rows: 200 from m 32 and 10,000 rows, else 1000';
-
--- A column's: the largest of its own HNSW indexes' (the planner may take any of them); NULL
--- without one.
-CREATE OR REPLACE FUNCTION pgvision._index_ef_search(tbl regclass, column_name name)
-RETURNS int
-LANGUAGE plpgsql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    RETURN (
-        SELECT pg_catalog.max(pgvision._hnsw_ef_search(c.m, t.reltuples))
-        FROM pgvision._column_indexes(tbl, column_name) c
-        JOIN pg_catalog.pg_class t ON t.oid = tbl
-        WHERE c.method = 'hnsw' AND c.on_column
-    );
-END
-$$;
-COMMENT ON FUNCTION pgvision._index_ef_search(regclass, name) IS
-'internal: the hnsw.ef_search of the search functions'' scans of a column''s own HNSW indexes (pgvision._hnsw_ef_search, the largest); NULL without one';
 
 -- An HNSW graph can hold rows that no search reaches. pgvector builds it in the order the
 -- rows lie in the table, and each row links to rows that came before it; a group loaded
@@ -234,7 +193,9 @@ BEGIN
     _op := pg_catalog.format('OPERATOR(%I.%s)', pgvision._vector_schema(), (SELECT m.operator FROM pgvision._metric(_i.metric) m));
     -- the search functions' on this column, or this index's own where they do not read it
     -- (an index over column::halfvec)
-    _ef := GREATEST(pgvision._hnsw_ef_search(_i.m, _i.reltuples), pgvision._index_ef_search(_i.tbl, _i.col));
+    _ef := GREATEST(pgvision._hnsw_ef_search(_i.m, _i.reltuples),
+                    (SELECT pg_catalog.max(pgvision._hnsw_ef_search(c.m, _i.reltuples))
+                     FROM pgvision._column_indexes(_i.tbl, _i.col) c WHERE c.method = 'hnsw' AND c.on_column));
 
     PERFORM pg_catalog.set_config('hnsw.ef_search', _ef::text, true);
     PERFORM pg_catalog.set_config('enable_seqscan', 'off', true);  -- the index, even on a few rows

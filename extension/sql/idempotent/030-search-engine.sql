@@ -7,8 +7,8 @@
 -- lines of its own so that a trailing -- comment in it ends there; it runs with the
 -- caller's privileges and search_path = pg_catalog, pg_temp.
 
--- The checks of a search's arguments; returns the metric it runs with: the one given, else
--- that of the column's index, else the default.
+-- The checks of a search's arguments; returns the metric it runs with: the one given (the
+-- search functions give pgvision._search_scan's choice), else the default.
 CREATE OR REPLACE FUNCTION pgvision._search_metric(tbl regclass, k int, feature_column name, given text,
                                                    group_by name, max_distance double precision,
                                                    min_similarity double precision, expand int,
@@ -35,8 +35,7 @@ BEGIN
         RAISE EXCEPTION 'min_similarity must be a finite number, not %', min_similarity
             USING ERRCODE = 'invalid_parameter_value', HINT = 'leave it NULL for no limit';
     END IF;
-    SELECT * INTO _m FROM pgvision._metric(coalesce(given, pgvision._index_metric(tbl, feature_column),
-                                                    pgvision._default_metric()));
+    SELECT * INTO _m FROM pgvision._metric(coalesce(given, pgvision._default_metric()));
     -- l2 and cosine distances are never negative (the ip "distance" is the negative inner
     -- product, which may be): a negative limit would silently find nothing.
     IF max_distance < 0 AND _m.metric IN ('l2', 'cosine') THEN
@@ -57,7 +56,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pgvision._search_metric(regclass, int, name, text, name, double precision, double precision, int) IS
-'internal: checks the arguments of pgvision._search; returns the metric it searches with (the given one, else the column index''s, else the default), its operator and similarity template (pgvision._metrics())';
+'internal: checks the arguments of pgvision._search; returns the metric it searches with (the given one, else the default), its operator and similarity template (pgvision._metrics())';
 
 -- What identifies a row in search results: the primary key (a composite one in its row
 -- form), or what the scale-out hook says (a sharded table's partition key); NULL without.
@@ -220,14 +219,24 @@ COMMENT ON FUNCTION pgvision._search_group_size(text, text, int, text, text, dou
 -- - fewer than 1,500 rows: an exact scan (a sequential scan and a sort, the index left
 --   unused), there about as fast as an index search at ef_search 1000; not when the session
 --   turned sequential scans off (SET enable_seqscan = off asks for the index);
--- - else the index (forced when there is no filter and the column has an HNSW index), with
---   the hnsw.ef_search of pgvision._index_ef_search (1000 below m 32, less from m 32, where
---   a smaller beam finds as much). The session's value is raised, never lowered, and is
---   back when the function returns: these functions promise the nearest rows; the plain
---   SQL form (ORDER BY feature <=> q LIMIT k) under the session's own hnsw.ef_search is the
---   way to trade them for speed.
--- Sharded and partitioned tables keep the planner's choice and their shards' settings.
-CREATE OR REPLACE FUNCTION pgvision._search_scan(tbl regclass, feature_column name, OUT exact boolean, OUT ef_search int)
+-- - else the index (forced when there is no filter and the column has an HNSW or IVFFlat
+--   index), with the hnsw.ef_search of pgvision._hnsw_ef_search (1000 below m 32, less
+--   from m 32, where a smaller beam finds as much), and ivfflat.probes 2·sqrt(lists). An
+--   IVFFlat search reads only the lists whose centres are nearest the query, and a photo's
+--   nearest row may lie in another: at pgvector's default of 1 probe, lists 100 on the
+--   100,000-row mixed collection gave a top-1 agreement with an exact scan of 0.54 (photos
+--   first) to 0.94 (shuffled), at 10 probes 0.89 to 0.996, at 30 0.98 to 0.9995; 2·sqrt(lists)
+--   (20 there: 0.958 and 0.998, 25 ms against 12 at 10) reads about 2·rows/sqrt(lists)
+--   rows: with create_index's lists (rows/1000) that grows with the square root of the
+--   table, as pgvector's own advice (sqrt(lists)) does.
+-- The session's values are raised, never lowered, and are back when the function returns:
+-- these functions promise the nearest rows; the plain SQL form (ORDER BY feature <=> q
+-- LIMIT k) under the session's own settings is the way to trade them for speed. An index
+-- over column::halfvec serves only queries on that expression and plays no part. Sharded
+-- and partitioned tables keep the planner's choice and their shards' settings.
+CREATE OR REPLACE FUNCTION pgvision._search_scan(tbl regclass, feature_column name, given text,
+                                                OUT metric text, OUT exact boolean, OUT ef_search int,
+                                                OUT probes int, OUT indexed boolean)
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -235,12 +244,32 @@ DECLARE
     exact_rows constant int := 1500;
     _kind "char";
     _reltuples real;
+    _hnsw_ef int;
+    _lists int;
     _n bigint;
 BEGIN
-    ef_search := GREATEST(coalesce(pg_catalog.current_setting('hnsw.ef_search', true), '40')::int,
-                          coalesce(pgvision._index_ef_search(tbl, feature_column), 1000));
-    exact := false;
     SELECT c.relkind, c.reltuples INTO _kind, _reltuples FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+    -- The column's indexes, read once: every search comes here. The metric, when none is
+    -- given, is the one the column is indexed for, so the query can use that index (with
+    -- several, the default metric's if one is indexed for it, else the oldest's); a column
+    -- without an index (a small table, a sharded table whose indexes live on the shards)
+    -- gets pgvision._default_metric(), which is also what create_index and
+    -- create_sharded_table build when not told.
+    WITH i AS MATERIALIZED (SELECT c.* FROM pgvision._column_indexes(tbl, feature_column) c WHERE c.on_column),
+         chosen AS (SELECT coalesce(pg_catalog.lower(given),
+                                    (SELECT i.metric FROM i ORDER BY i.is_default DESC, i.idx LIMIT 1),
+                                    pgvision._default_metric()) AS name)
+    SELECT chosen.name,
+           (SELECT pg_catalog.max(pgvision._hnsw_ef_search(i.m, _reltuples)) FROM i WHERE i.method = 'hnsw'),
+           (SELECT pg_catalog.max(coalesce(i.lists, 100)) FROM i  -- pgvector's default lists
+            WHERE i.method = 'ivfflat' AND i.metric = chosen.name),
+           EXISTS (SELECT FROM i) AND _kind IN ('r', 'm')
+    INTO metric, _hnsw_ef, _lists, indexed
+    FROM chosen;
+    ef_search := GREATEST(coalesce(pg_catalog.current_setting('hnsw.ef_search', true), '40')::int, coalesce(_hnsw_ef, 1000));
+    probes := LEAST(_lists, GREATEST(coalesce(pg_catalog.current_setting('ivfflat.probes', true), '1')::int,
+                                     pg_catalog.ceil(2 * pg_catalog.sqrt(_lists))::int));
+    exact := false;
     IF _kind IN ('r', 'm') AND pg_catalog.current_setting('enable_seqscan')::boolean
        AND (_reltuples < 0 OR _reltuples < 2 * exact_rows) THEN
         -- reltuples is an estimate (-1 before the first VACUUM, ANALYZE or CREATE INDEX):
@@ -251,42 +280,17 @@ BEGIN
     END IF;
 END
 $$;
-COMMENT ON FUNCTION pgvision._search_scan(regclass, name) IS
-'internal: how pgvision._search reads a table: exact (a table of this server below 1,500 rows, unless enable_seqscan is off) and the hnsw.ef_search of its index scans (pgvision._index_ef_search, 1000 without an HNSW index; the session''s value is raised, never lowered)';
-
--- The ivfflat.probes of the search functions' scans of a column's IVFFlat index. An IVFFlat
--- search reads only the lists whose centres are nearest the query, and a photo's nearest row
--- may lie in another: at pgvector's default of 1 probe, lists 100 on the 100,000-row mixed
--- collection gave a top-1 agreement with an exact scan of 0.54 (photos first) to 0.94
--- (shuffled) (BENCHMARKS.md, figure 3), at 10 probes 0.89 to 0.996, at 30 0.98 to 0.9995.
--- 2·sqrt(lists) (20 there: 0.958 and 0.998, 25 ms against 12 at 10)
--- reads about 2·rows/sqrt(lists) rows: with create_index's lists (rows/1000) that grows
--- with the square root of the table, as pgvector's own advice (sqrt(lists)) does. The
--- session's value is raised, never lowered. NULL where the column has no plain IVFFlat
--- index for the metric (one over column::halfvec serves only queries on that expression).
-CREATE OR REPLACE FUNCTION pgvision._search_probes(tbl regclass, feature_column name, metric text)
-RETURNS int
-LANGUAGE plpgsql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    RETURN (
-        SELECT LEAST(l.lists, GREATEST(coalesce(pg_catalog.current_setting('ivfflat.probes', true), '1')::int,
-                                       pg_catalog.ceil(2 * pg_catalog.sqrt(l.lists))::int))
-        FROM (SELECT coalesce(c.lists, 100) AS lists  -- pgvector's default lists
-              FROM pgvision._column_indexes(tbl, feature_column) c
-              WHERE c.method = 'ivfflat' AND c.on_column AND c.metric = _search_probes.metric
-              ORDER BY 1 DESC LIMIT 1) l
-    );
-END
-$$;
-COMMENT ON FUNCTION pgvision._search_probes(regclass, name, text) IS
-'internal: the ivfflat.probes of pgvision._search''s scans of the column''s IVFFlat index for the metric: 2·sqrt(lists), at most lists, never below the session''s; NULL without such an index';
+COMMENT ON FUNCTION pgvision._search_scan(regclass, name, text) IS
+'internal: how pgvision._search reads a table: the metric (the given one, else that of the column''s index, the default metric''s first when there are several, else the default); exact (a table of this server below 1,500 rows, unless enable_seqscan is off); the hnsw.ef_search of its index scans (pgvision._hnsw_ef_search of the column''s HNSW indexes, the largest; 1000 without one) and the ivfflat.probes (2·sqrt(lists) of its IVFFlat index for the metric, at most lists; NULL without one), the session''s values raised, never lowered; indexed: a table of this server with an HNSW or IVFFlat index on the column itself';
 
 -- Iterative index scans (pgvector 0.8) keep reading the index until k rows pass the filter;
--- relaxed_order may return rows slightly out of order, so results are sorted again. The
--- scan settings of pgvision._search_scan are set for the function's queries and put back
--- before it returns (a SET clause could not keep the caller's values).
+-- relaxed_order may return rows slightly out of order, so results are sorted again. An
+-- HNSW scan is iterative only where it must read past its first ef_search rows (a filter,
+-- groups, k or expand at least ef_search): an iterative scan keeps what it discards for
+-- the next round, which cost 0.8 ms a search at ef_search 200 on the 100,000-row mixed
+-- collection (p50 9.9 ms against 9.1). The scan settings of pgvision._search_scan and this
+-- one are set for the function's queries and put back before it returns (a SET clause
+-- could not keep the caller's values).
 CREATE OR REPLACE FUNCTION pgvision._search(
     tbl regclass, queries text[], k int, feature_column name, metric text, filter text, group_by name,
     max_distance double precision, min_similarity double precision, expand int, exclude_key text)
@@ -294,11 +298,11 @@ RETURNS TABLE (query_no int, rank int, id text, distance double precision,
                similarity double precision, item jsonb)
 LANGUAGE plpgsql STABLE PARALLEL UNSAFE ROWS 10
 SET search_path = pg_catalog, pg_temp
-SET hnsw.iterative_scan = relaxed_order
 SET ivfflat.iterative_scan = relaxed_order
 AS $$
 DECLARE
-    _m record := pgvision._search_metric(tbl, k, feature_column, metric, group_by, max_distance,
+    _scan record := pgvision._search_scan(tbl, feature_column, metric);
+    _m record := pgvision._search_metric(tbl, k, feature_column, _scan.metric, group_by, max_distance,
                                          min_similarity, expand);
     _c record := pgvision._search_candidates(tbl, feature_column, _m.operator, filter, group_by, expand,
                                              exclude_key);
@@ -308,21 +312,24 @@ DECLARE
     _rank constant text := 'SELECT $5, (pg_catalog.row_number() OVER (ORDER BY c.distance))::int, c.id, c.distance, ';
     _q text;
     _n int;
-    _scan record := pgvision._search_scan(tbl, feature_column);
     _ef text := pg_catalog.current_setting('hnsw.ef_search', true);
-    _probes int := CASE WHEN NOT _scan.exact THEN pgvision._search_probes(tbl, feature_column, _m.metric) END;
+    _probes int := CASE WHEN NOT _scan.exact THEN _scan.probes END;
+    _iterative text := CASE WHEN filter IS NOT NULL OR group_by IS NOT NULL OR GREATEST(k, expand) >= _scan.ef_search
+                            THEN 'relaxed_order' ELSE 'off' END;
+    _session_iterative text := pg_catalog.current_setting('hnsw.iterative_scan', true);
     _session_probes text := pg_catalog.current_setting('ivfflat.probes', true);
     _indexscan text := pg_catalog.current_setting('enable_indexscan');
     _seqscan text := pg_catalog.current_setting('enable_seqscan');
     -- Without a filter, the HNSW or IVFFlat index of a table at or above the exact scan's
     -- size: at ef_search 1000 (or many probes) the planner would rather sort a table of a few
     -- thousand rows, which is exact but slower (BENCHMARKS.md, figure 3).
-    _index boolean := NOT _scan.exact AND filter IS NULL
-                      AND EXISTS (SELECT FROM pgvision._column_indexes(tbl, feature_column) c WHERE c.on_column)
-                      AND EXISTS (SELECT FROM pg_catalog.pg_class t WHERE t.oid = tbl AND t.relkind IN ('r', 'm'));
+    _index boolean := NOT _scan.exact AND filter IS NULL AND _scan.indexed;
 BEGIN
     IF _ef IS DISTINCT FROM _scan.ef_search::text THEN
         PERFORM pg_catalog.set_config('hnsw.ef_search', _scan.ef_search::text, true);
+    END IF;
+    IF _iterative IS DISTINCT FROM _session_iterative THEN
+        PERFORM pg_catalog.set_config('hnsw.iterative_scan', _iterative, true);
     END IF;
     IF _probes IS NOT NULL AND _probes IS DISTINCT FROM _session_probes::int THEN
         PERFORM pg_catalog.set_config('ivfflat.probes', _probes::text, true);
@@ -354,6 +361,9 @@ BEGIN
     -- an error on the way rolls the settings back with the (sub)transaction
     IF _ef IS DISTINCT FROM _scan.ef_search::text THEN
         PERFORM pg_catalog.set_config('hnsw.ef_search', coalesce(_ef, '40'), true);
+    END IF;
+    IF _iterative IS DISTINCT FROM _session_iterative THEN
+        PERFORM pg_catalog.set_config('hnsw.iterative_scan', coalesce(_session_iterative, 'off'), true);
     END IF;
     IF _probes IS NOT NULL AND _probes IS DISTINCT FROM _session_probes::int THEN
         PERFORM pg_catalog.set_config('ivfflat.probes', coalesce(_session_probes, '1'), true);

@@ -4,8 +4,7 @@
 --
 -- The approximate top-k is the candidate query the search functions send
 -- (pgvision._search_candidates, 030-search-engine.sql), with the same iterative-scan
--- settings, hnsw.ef_search (pgvision._search_scan) and ivfflat.probes
--- (pgvision._search_probes), so it goes through the column's index as a search does. The exact top-k orders
+-- settings, hnsw.ef_search and ivfflat.probes (pgvision._search_scan), so it goes through the column's index as a search does. The exact top-k orders
 -- by the same distance plus 0, an expression no index can serve, so it is a scan of every
 -- row. Labels are compared with the label type's default equality (array equality, GROUP BY
 -- and window partitions all use it), never with an operator looked up by name.
@@ -44,6 +43,7 @@ DECLARE
     _ef text := pg_catalog.current_setting('hnsw.ef_search', true);
     _session_probes text := pg_catalog.current_setting('ivfflat.probes', true);
     _probes int;
+    _scan_ef int;
 BEGIN
     IF tbl IS NULL OR label_column IS NULL OR k IS NULL OR queries IS NULL THEN
         RAISE EXCEPTION 'tbl, label_column, k and queries must not be null'
@@ -55,7 +55,8 @@ BEGIN
     END IF;
     -- the search functions' checks: k at least 1, a vector column; and their metric (the
     -- column index's, else pgvision._default_metric())
-    _m := pgvision._search_metric(tbl, k, _feature, NULL, NULL, NULL, NULL, 0);
+    _m := pgvision._search_metric(tbl, k, _feature, (pgvision._search_scan(tbl, _feature, NULL)).metric,
+                                  NULL, NULL, NULL, 0);
     SELECT * INTO _label FROM pgvision._require_column(tbl, label_column);
     IF (pgvision._scale_out(tbl, NULL, NULL, NULL, NULL)).key_column IS NOT NULL THEN
         RAISE EXCEPTION 'cannot evaluate sharded table %', tbl
@@ -74,8 +75,8 @@ BEGIN
 
     -- the search functions' index settings, the session's back before returning (an error
     -- rolls them back with the (sub)transaction)
-    PERFORM pg_catalog.set_config('hnsw.ef_search', (pgvision._search_scan(tbl, _feature)).ef_search::text, true);
-    _probes := pgvision._search_probes(tbl, _feature, _m.metric);
+    SELECT s.ef_search, s.probes INTO _scan_ef, _probes FROM pgvision._search_scan(tbl, _feature, _m.metric) s;
+    PERFORM pg_catalog.set_config('hnsw.ef_search', _scan_ef::text, true);
     IF _probes IS NOT NULL THEN
         PERFORM pg_catalog.set_config('ivfflat.probes', _probes::text, true);
     END IF;
