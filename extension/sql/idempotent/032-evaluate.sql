@@ -3,8 +3,9 @@
 -- or two models can be compared before a table switches.
 --
 -- The approximate top-k is the candidate query the search functions send
--- (pgvision._search_candidates, 030-search-engine.sql), with the same iterative-scan
--- settings, hnsw.ef_search and ivfflat.probes (pgvision._search_scan), so it goes through the column's index as a search does. The exact top-k orders
+-- (pgvision._search_candidates, 030-search-engine.sql) at the search functions'
+-- hnsw.ef_search and ivfflat.probes (pgvision._search_scan), iterative (whose first rows are
+-- those of a scan that is not), so it goes through the column's index as a search does. The exact top-k orders
 -- by the same distance plus 0, an expression no index can serve, so it is a scan of every
 -- row. Labels are compared with the label type's default equality (array equality, GROUP BY
 -- and window partitions all use it), never with an operator looked up by name.
