@@ -180,9 +180,9 @@ def test_k_beyond_ef_search_gets_k_rows_and_the_session_keeps_its_iterative_scan
             assert [r[0] for r in rows] == list(range(1, k + 1))
             assert [r[1] for r in rows] == sorted(r[1] for r in rows)
             assert conn.execute("SHOW hnsw.iterative_scan").fetchone()[0] == session
-        with conn.transaction():  # the function's own setting, not the session's, inside
-            got = conn.execute("SELECT count(*) FROM pgvision.search_like('recall_wide', 7, 200)").fetchone()[0]
-            assert got == 200  # 201 rows read, the row itself left out
+        # search_like leaves the row itself out, so k = 200 reads 201 rows: iterative
+        got = conn.execute("SELECT count(*) FROM pgvision.search_like('recall_wide', 7, 200)").fetchone()[0]
+        assert got == 200
     conn.execute("RESET hnsw.iterative_scan")
 
 

@@ -43,8 +43,7 @@ DECLARE
     _rec double precision[] := '{}';
     _ef text := pg_catalog.current_setting('hnsw.ef_search', true);
     _session_probes text := pg_catalog.current_setting('ivfflat.probes', true);
-    _probes int;
-    _scan_ef int;
+    _scan record;
 BEGIN
     IF tbl IS NULL OR label_column IS NULL OR k IS NULL OR queries IS NULL THEN
         RAISE EXCEPTION 'tbl, label_column, k and queries must not be null'
@@ -56,8 +55,8 @@ BEGIN
     END IF;
     -- the search functions' checks: k at least 1, a vector column; and their metric (the
     -- column index's, else pgvision._default_metric())
-    _m := pgvision._search_metric(tbl, k, _feature, (pgvision._search_scan(tbl, _feature, NULL)).metric,
-                                  NULL, NULL, NULL, 0);
+    _scan := pgvision._search_scan(tbl, _feature, NULL);
+    _m := pgvision._search_metric(tbl, k, _feature, _scan.metric, NULL, NULL, NULL, 0);
     SELECT * INTO _label FROM pgvision._require_column(tbl, label_column);
     IF (pgvision._scale_out(tbl, NULL, NULL, NULL, NULL)).key_column IS NOT NULL THEN
         RAISE EXCEPTION 'cannot evaluate sharded table %', tbl
@@ -76,10 +75,9 @@ BEGIN
 
     -- the search functions' index settings, the session's back before returning (an error
     -- rolls them back with the (sub)transaction)
-    SELECT s.ef_search, s.probes INTO _scan_ef, _probes FROM pgvision._search_scan(tbl, _feature, _m.metric) s;
-    PERFORM pg_catalog.set_config('hnsw.ef_search', _scan_ef::text, true);
-    IF _probes IS NOT NULL THEN
-        PERFORM pg_catalog.set_config('ivfflat.probes', _probes::text, true);
+    PERFORM pg_catalog.set_config('hnsw.ef_search', _scan.ef_search::text, true);
+    IF _scan.probes IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('ivfflat.probes', _scan.probes::text, true);
     END IF;
 
     -- Rows searched: a feature and a label. Parameters as in 030-search-engine.sql:
@@ -135,7 +133,7 @@ BEGIN
                              THEN _within::double precision / pg_catalog.cardinality(_exact_dist) END;
     END LOOP;
     PERFORM pg_catalog.set_config('hnsw.ef_search', coalesce(_ef, '40'), true);
-    IF _probes IS NOT NULL THEN
+    IF _scan.probes IS NOT NULL THEN
         PERFORM pg_catalog.set_config('ivfflat.probes', coalesce(_session_probes, '1'), true);
     END IF;
     IF pg_catalog.cardinality(_cls) = 0 THEN
